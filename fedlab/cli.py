@@ -1,0 +1,87 @@
+"""``fedlab-run``: the Hydra entry point.
+
+Errors end in one line and a non-zero exit, never a traceback: 2 for invalid input (config
+values, unknown options, a used run directory), 1 for a run that failed (its record says
+why), 130 for Ctrl-C. Hydra reports composition errors (an unknown group option, a value of
+the wrong type) itself over several lines; :func:`main` condenses them into one.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from fedlab.config import ConfigError, register_configs
+
+PROG = "fedlab-run"
+_real_stderr = sys.stderr
+
+
+def _fail(message: str, code: int) -> None:
+    print(f"{PROG}: error: {message}", file=_real_stderr)
+    sys.exit(code)
+
+
+@hydra.main(version_base="1.3", config_path="pkg://fedlab.conf", config_name="config")
+def _run(cfg: DictConfig) -> float | None:
+    sys.stderr = _real_stderr  # composition succeeded: stop capturing Hydra's error output
+    from fedlab.console import setup_logging
+    from fedlab.run import RunFailed, run_experiment
+
+    setup_logging()
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    try:
+        results = run_experiment(cfg, run_dir, list(hydra_cfg.overrides.task))
+    except ConfigError as err:
+        _fail(str(err), 2)
+    except RunFailed as err:
+        _fail(f"run failed: {err} (record: {run_dir})", 1)
+    except KeyboardInterrupt:
+        _fail(f"interrupted; the record in {run_dir} says how far it got", 130)
+    return results["accuracy"]  # the objective Hydra sweepers optimise
+
+
+def condense(text: str) -> str:
+    """Hydra's multi-line error report as one line (drops search paths and the hint)."""
+    keep: list[str] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("Set the environment variable", "Config search path")):
+            continue
+        if line.startswith(("provider=", "full_key:", "object_type=", "reference_type=")):
+            continue
+        if re.match(r"^(pkg|file|structured)://", line):
+            continue
+        keep.append(line)
+    message = " ".join(keep)
+    message = re.sub(r"Available options in '(\w+)':", r"; allowed values for \1:", message)
+    return message or "invalid arguments"
+
+
+def main() -> None:
+    """Console-script entry point."""
+    register_configs()
+    captured = io.StringIO()
+    sys.stderr = captured
+    try:
+        _run()
+    except SystemExit as exit_:
+        if sys.stderr is captured and exit_.code not in (0, None):
+            sys.stderr = _real_stderr
+            _fail(condense(captured.getvalue()), 2)
+        raise
+    finally:
+        if sys.stderr is captured:
+            sys.stderr = _real_stderr
+            _real_stderr.write(captured.getvalue())
+
+
+if __name__ == "__main__":
+    main()

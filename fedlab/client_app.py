@@ -1,0 +1,134 @@
+"""The ClientApp: what each simulated (or deployed) client does when the server asks.
+
+Static settings (where the partitioned data lies, which model to build, the run seed) are
+closed over by :func:`build_client_app`, because ``run_simulation`` leaves
+``context.run_config`` empty; everything that changes per round (local epochs, learning rate,
+FedProx's mu, an injected failure) arrives in the message's ConfigRecord, as Flower intends.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedlab.model import build_model
+from fedlab.partition import FederatedData, load_cached
+from fedlab.training import evaluate, make_optimizer, seed_for, train
+
+FAIL_KEY = "fedlab-fail"  # set by the server's schedule to inject a client crash
+
+
+@dataclass(frozen=True)
+class ClientSpec:
+    """What every client process needs to know about the run (small, so cheap to pickle)."""
+
+    data_path: str
+    model: dict[str, Any]
+    seed: int
+    torch_threads: int = 1
+
+
+class InjectedFailure(RuntimeError):
+    """Raised by a client the failure schedule (``failures.rate``) chose for this round."""
+
+
+@cache
+def _set_threads(threads: int) -> None:
+    # Several client actors share the cores; one intra-op thread each avoids oversubscription
+    # and makes results independent of how many actors run at once.
+    torch.set_num_threads(threads)
+
+
+def _partition_id(context: Context) -> int:
+    return int(context.node_config["partition-id"])
+
+
+def _model(spec: ClientSpec, fed: FederatedData, arrays: ArrayRecord) -> torch.nn.Module:
+    model = build_model(spec.model, fed.input_shape, fed.num_classes)
+    model.load_state_dict(arrays.to_torch_state_dict())
+    return model
+
+
+def build_client_app(spec: ClientSpec) -> ClientApp:
+    """A ClientApp whose handlers train and evaluate on this node's partition."""
+    app = ClientApp()
+
+    @app.query()
+    def identify(msg: Message, context: Context) -> Message:
+        """Tell the server which partition this node holds (node ids are random)."""
+        return msg.create_reply(
+            RecordDict({"info": ConfigRecord({"partition-id": _partition_id(context)})})
+        )
+
+    @app.train()
+    def train_handler(msg: Message, context: Context) -> Message:
+        started, cpu_started = time.perf_counter(), time.process_time()
+        _set_threads(spec.torch_threads)
+        pid = _partition_id(context)
+        config = msg.content["config"]
+        if config.get(FAIL_KEY, False):
+            raise InjectedFailure(f"client {pid}: injected failure (failures.rate)")
+        fed = load_cached(spec.data_path)
+        data, _ = fed.client(pid)
+        model = _model(spec, fed, msg.content["arrays"])
+        server_round = int(config["server-round"])
+        torch.manual_seed(seed_for(spec.seed, server_round, pid, 1))
+        initial_loss = evaluate(model, data)[0] if config.get("report-initial-loss") else None
+        optimizer = make_optimizer(
+            model.parameters(),
+            str(config["optimizer"]),
+            float(config["lr"]),
+            float(config["momentum"]),
+            float(config["weight-decay"]),
+        )
+        result = train(
+            model,
+            data,
+            epochs=float(config["local-epochs"]),
+            batch_size=int(config["batch-size"]),
+            optimizer=optimizer,
+            generator=torch.Generator().manual_seed(seed_for(spec.seed, server_round, pid, 2)),
+            proximal_mu=float(config.get("proximal-mu", 0.0)),
+        )
+        metrics = {
+            "num-examples": len(data),
+            "train_loss": result.loss,
+            "local-steps": result.steps,
+            "local-epochs": float(config["local-epochs"]),
+            "partition-id": pid,
+            "duration-s": time.perf_counter() - started,
+            "cpu-s": time.process_time() - cpu_started,
+        }
+        if initial_loss is not None:
+            metrics["initial-loss"] = initial_loss
+        content = RecordDict(
+            {"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)}
+        )
+        return msg.create_reply(content)
+
+    @app.evaluate()
+    def evaluate_handler(msg: Message, context: Context) -> Message:
+        started, cpu_started = time.perf_counter(), time.process_time()
+        _set_threads(spec.torch_threads)
+        pid = _partition_id(context)
+        fed = load_cached(spec.data_path)
+        _, data = fed.client(pid)
+        model = _model(spec, fed, msg.content["arrays"])
+        loss, accuracy = evaluate(model, data) if len(data) else (0.0, 0.0)
+        metrics = {
+            "num-examples": len(data),
+            "loss": loss,
+            "accuracy": accuracy,
+            "partition-id": pid,
+            "duration-s": time.perf_counter() - started,
+            "cpu-s": time.process_time() - cpu_started,
+        }
+        return msg.create_reply(RecordDict({"metrics": MetricRecord(metrics)}))
+
+    return app

@@ -1,0 +1,199 @@
+"""Structured configuration: the schema that every composed Hydra config is checked against.
+
+Hydra composes YAML from ``conf/``; this module says what the result must look like. Two layers:
+
+* The fixed part of the schema (top-level keys and the ``client``, ``simulation``,
+  ``stragglers`` and ``failures`` groups) is a tree of dataclasses registered in Hydra's
+  ConfigStore, so OmegaConf rejects a wrong type at composition time.
+* Groups whose options differ in shape (``dataset``, ``partition``, ``model``, ``strategy``)
+  name their implementation with ``_target_``. :meth:`fedlab.experiment.Experiment.from_config`
+  builds each of them once at start-up so the implementation's own dataclass or constructor
+  checks its arguments, and the first problem becomes a :class:`ConfigError` that names the
+  key and what is allowed.
+
+Range checks live in ``__post_init__`` so they run both here and when code builds a config
+object directly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; its message is the single line shown to the user."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(f"{key}: {message}")
+
+
+def require(condition: bool, key: str, message: str) -> None:
+    """Raise :class:`ConfigError` for ``key`` unless ``condition`` holds."""
+    if not condition:
+        raise ConfigError(key, message)
+
+
+def require_fraction(value: float, key: str, *, allow_zero: bool = False) -> None:
+    """Check a fraction in (0, 1] (or [0, 1] when ``allow_zero``)."""
+    low_ok = value >= 0 if allow_zero else value > 0
+    interval = "[0, 1]" if allow_zero else "(0, 1]"
+    require(
+        low_ok and value <= 1 and math.isfinite(value),
+        key,
+        f"must be in {interval}, got {value}",
+    )
+
+
+def require_choice(value: str, key: str, choices: tuple[str, ...]) -> None:
+    """Check that ``value`` is one of ``choices``."""
+    require(value in choices, key, f"must be one of {', '.join(choices)}; got '{value}'")
+
+
+@dataclass
+class ClientConfig:
+    """Local training on each client (the ``client`` group)."""
+
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    local_epochs: int = 1
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        require_choice(self.optimizer, "client.optimizer", ("sgd", "adam"))
+        require(self.lr > 0, "client.lr", f"must be > 0, got {self.lr}")
+        require(
+            0 <= self.momentum < 1, "client.momentum", f"must be in [0, 1), got {self.momentum}"
+        )
+        require(self.weight_decay >= 0, "client.weight_decay", "must be >= 0")
+        require(
+            self.local_epochs >= 1, "client.local_epochs", f"must be >= 1, got {self.local_epochs}"
+        )
+        require(self.batch_size >= 1, "client.batch_size", f"must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class SimulationConfig:
+    """How the Flower simulation engine runs the clients (the ``simulation`` group).
+
+    ``client_cpus`` is the Ray resource each simulated client reserves: the number of client
+    actors running at once is ``ray_num_cpus / client_cpus``. Flower's default of 2 CPUs per
+    client means a single actor on a 2-core machine, so fedlab defaults to 1.
+    """
+
+    backend: str = "ray"
+    client_cpus: float = 1.0
+    client_gpus: float = 0.0
+    ray_num_cpus: int | None = None
+    ray_address: str | None = None
+    round_timeout_s: float = 600.0
+    connect_timeout_s: float = 120.0
+    torch_threads: int = 1
+
+    def __post_init__(self) -> None:
+        require_choice(self.backend, "simulation.backend", ("ray",))
+        require(
+            self.client_cpus > 0, "simulation.client_cpus", f"must be > 0, got {self.client_cpus}"
+        )
+        require(self.client_gpus >= 0, "simulation.client_gpus", "must be >= 0")
+        require(
+            self.ray_num_cpus is None or self.ray_num_cpus >= 1,
+            "simulation.ray_num_cpus",
+            "must be >= 1 or null (all cores)",
+        )
+        require(self.round_timeout_s > 0, "simulation.round_timeout_s", "must be > 0 seconds")
+        require(self.connect_timeout_s > 0, "simulation.connect_timeout_s", "must be > 0 seconds")
+        require(self.torch_threads >= 1, "simulation.torch_threads", "must be >= 1")
+
+
+@dataclass
+class StragglersConfig:
+    """System heterogeneity as in FedProx (Li et al., MLSys 2020).
+
+    Each round a seeded ``fraction`` of the sampled clients are stragglers. ``policy`` says what
+    happens to them: ``drop`` (FedAvg in the paper: their work is discarded) or ``partial``
+    (FedProx: they train for a random 1..E-1 epochs and are aggregated). ``auto`` takes the
+    strategy's own choice (``strategy.straggler_policy``).
+    """
+
+    fraction: float = 0.0
+    policy: str = "auto"
+
+    def __post_init__(self) -> None:
+        require(
+            0 <= self.fraction < 1,
+            "stragglers.fraction",
+            f"must be in [0, 1), got {self.fraction}",
+        )
+        require_choice(self.policy, "stragglers.policy", ("auto", "drop", "partial"))
+
+
+@dataclass
+class FailuresConfig:
+    """Clients that crash during their round, injected with a seeded schedule."""
+
+    rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        require(0 <= self.rate < 1, "failures.rate", f"must be in [0, 1), got {self.rate}")
+
+
+@dataclass
+class StrategyConfig:
+    """The ``strategy`` group: a Flower strategy plus fedlab's sampling settings.
+
+    ``flower`` holds ``_target_`` (a class of ``flwr.serverapp.strategy``) and that class's own
+    hyperparameters. Client sampling is fedlab's (seeded by round, so every strategy sees the
+    same clients in the same round), which is why ``fraction_train`` lives here and not in the
+    Flower kwargs. ``train_config`` adds entries to the config every client receives (e.g.
+    q-FedAvg asks clients for the loss of the global model before training).
+    """
+
+    name: str = MISSING
+    flower: Any = MISSING
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    min_train_clients: int = 1
+    straggler_policy: str = "drop"
+    train_config: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        require_fraction(self.fraction_train, "strategy.fraction_train")
+        require_fraction(self.fraction_evaluate, "strategy.fraction_evaluate", allow_zero=True)
+        require(self.min_train_clients >= 1, "strategy.min_train_clients", "must be >= 1")
+        require_choice(self.straggler_policy, "strategy.straggler_policy", ("drop", "partial"))
+
+
+@dataclass
+class FedlabConfig:
+    """The whole experiment. ``Any`` groups are checked by ``Experiment.from_config``."""
+
+    seed: int = 0
+    num_clients: int = 10
+    num_rounds: int = 10
+    dataset: Any = MISSING
+    partition: Any = MISSING
+    model: Any = MISSING
+    strategy: StrategyConfig = MISSING
+    client: ClientConfig = field(default_factory=ClientConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    stragglers: StragglersConfig = field(default_factory=StragglersConfig)
+    failures: FailuresConfig = field(default_factory=FailuresConfig)
+
+    def __post_init__(self) -> None:
+        require(self.seed >= 0, "seed", f"must be a non-negative integer, got {self.seed}")
+        require(self.num_clients >= 1, "num_clients", f"must be >= 1, got {self.num_clients}")
+        require(self.num_rounds >= 1, "num_rounds", f"must be >= 1, got {self.num_rounds}")
+
+
+def register_configs() -> None:
+    """Register the schema so ``conf/config.yaml`` can extend it (``- fedlab_schema``)."""
+    cs = ConfigStore.instance()
+    cs.store(name="fedlab_schema", node=FedlabConfig)

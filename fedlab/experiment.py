@@ -1,0 +1,150 @@
+"""From a composed Hydra config to a validated experiment: the first stage of every run.
+
+:meth:`Experiment.from_config` checks the whole configuration before anything is written:
+the fixed schema through :mod:`fedlab.config`'s dataclasses, and each ``_target_`` group by
+building what it names. Every problem surfaces as one :class:`~fedlab.config.ConfigError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from flwr.app import ConfigRecord
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from fedlab.config import ConfigError, FedlabConfig, require
+from fedlab.datasets import DatasetSpec
+from fedlab.partition import FederatedData, partition
+from fedlab.schedule import Scheduler
+from fedlab.strategy import check_robust_aggregation, strategy_class
+
+
+def _omegaconf_message(err: OmegaConfBaseException, group: str) -> ConfigError:
+    key = getattr(err, "full_key", None) or ""
+    head = str(err).splitlines()[0]
+    return ConfigError(f"{group}.{key}" if key else group, head)
+
+
+def typed(raw: DictConfig) -> FedlabConfig:
+    """Convert the composed config to :class:`FedlabConfig`, running every range check."""
+    try:
+        cfg = OmegaConf.to_object(raw)
+    except OmegaConfBaseException as err:
+        raise _omegaconf_message(err, "config") from None
+    except ConfigError:
+        raise
+    assert isinstance(cfg, FedlabConfig)
+    return cfg
+
+
+def build_spec(node: dict[str, Any], group: str, base: type) -> Any:
+    """Instantiate a dataclass named by ``_target_``, type-checked by OmegaConf."""
+    node = dict(node)
+    target = node.pop("_target_", None)
+    require(target is not None, f"{group}._target_", "missing")
+    try:
+        cls = get_class(target)
+    except Exception:
+        raise ConfigError(f"{group}._target_", f"cannot import '{target}'") from None
+    require(
+        isinstance(cls, type) and issubclass(cls, base),
+        f"{group}._target_",
+        f"'{target}' is not a {base.__name__}",
+    )
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), node))
+    except OmegaConfBaseException as err:
+        raise _omegaconf_message(err, group) from None
+
+
+@dataclass
+class Experiment:
+    """A validated experiment: the typed config and the objects its groups name."""
+
+    cfg: FedlabConfig
+    dataset: DatasetSpec
+
+    @classmethod
+    def from_config(cls, raw: DictConfig) -> Experiment:
+        """Validate ``raw``; raises :class:`ConfigError` naming the first bad key."""
+        cfg = typed(raw)
+        dataset = build_spec(cfg.dataset, "dataset", DatasetSpec)
+        strategy_class(cfg.strategy)
+        exp = cls(cfg, dataset)
+        check_robust_aggregation(cfg.strategy, exp.scheduler().sample_size())
+        if cfg.stragglers.fraction > 0:
+            per_round = exp.scheduler().sample_size()
+            require(
+                round(per_round * (1 - cfg.stragglers.fraction)) >= 1
+                or exp.straggler_policy == "partial",
+                "stragglers.fraction",
+                f"drops every one of the {per_round} clients sampled per round; lower it",
+            )
+        return exp
+
+    @property
+    def straggler_policy(self) -> str:
+        """``stragglers.policy``, or the strategy's own choice when it is ``auto``."""
+        policy = self.cfg.stragglers.policy
+        return self.cfg.strategy.straggler_policy if policy == "auto" else policy
+
+    def scheduler(self) -> Scheduler:
+        """The seeded round schedule for this experiment."""
+        cfg = self.cfg
+        evaluate = cfg.strategy.fraction_evaluate if self.dataset.client_test_fraction > 0 else 0.0
+        return Scheduler(
+            seed=cfg.seed,
+            num_clients=cfg.num_clients,
+            fraction_train=cfg.strategy.fraction_train,
+            min_train_clients=cfg.strategy.min_train_clients,
+            fraction_evaluate=evaluate,
+            local_epochs=cfg.client.local_epochs,
+            straggler_fraction=cfg.stragglers.fraction,
+            straggler_policy=self.straggler_policy,
+            failure_rate=cfg.failures.rate,
+        )
+
+    def load_data(self) -> FederatedData:
+        """Load the dataset and partition it among the clients."""
+        central = self.dataset.load(self.cfg.seed)
+        return partition(
+            central,
+            dict(self.cfg.partition),
+            self.cfg.num_clients,
+            self.cfg.seed,
+            self.dataset.client_test_fraction,
+        )
+
+    def train_config(self) -> ConfigRecord:
+        """Per-round training settings sent to every client with the global model."""
+        c = self.cfg.client
+        config: dict[str, Any] = {
+            "optimizer": c.optimizer,
+            "lr": c.lr,
+            "momentum": c.momentum,
+            "weight-decay": c.weight_decay,
+            "local-epochs": float(c.local_epochs),
+            "batch-size": c.batch_size,
+        }
+        config.update(self.cfg.strategy.train_config)
+        return ConfigRecord(config)
+
+    def describe(self) -> dict[str, Any]:
+        """The experiment in a few names, for ``results.json`` and reports."""
+        cfg = self.cfg
+        return {
+            "dataset": self.dataset.name,
+            "partition": str(cfg.partition.get("_target_", "")).rsplit(".", 1)[-1],
+            "model": str(cfg.model.get("_target_", "")).rsplit(".", 1)[-1],
+            "strategy": cfg.strategy.name,
+            "num_clients": cfg.num_clients,
+            "num_rounds": cfg.num_rounds,
+            "clients_per_round": self.scheduler().sample_size(),
+            "local_epochs": cfg.client.local_epochs,
+            "stragglers": cfg.stragglers.fraction,
+            "straggler_policy": self.straggler_policy,
+            "failure_rate": cfg.failures.rate,
+        }

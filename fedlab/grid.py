@@ -1,0 +1,239 @@
+"""The Grid fedlab hands to Flower's strategies: Flower's own Grid plus the run's schedule.
+
+Flower strategies sample nodes with ``random.sample`` over random node ids and send every node
+the same message. A serious experiment needs more, and the Grid is the one place every
+strategy (and every DP wrapper around one) goes through, so fedlab wraps it instead of
+rewriting strategies:
+
+* sampling follows the seeded :class:`~fedlab.schedule.RoundPlan` (strategies only ever see
+  the nodes planned for the current round and phase, through :meth:`FedlabGrid.view`);
+* per-client instructions are added to the outgoing messages (partial epochs for FedProx
+  stragglers, injected failures);
+* bytes down and up are metered from the messages' array payloads;
+* replies are checked (errors, missing replies, NaN or wrongly shaped updates become failures
+  and are left out) and returned sorted by partition id, so floating-point aggregation is the
+  same whatever order Ray finished the clients in;
+* every client's outcome is kept as a row for ``clients.csv``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from logging import getLogger
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from fedlab.client_app import FAIL_KEY
+from fedlab.schedule import RoundPlan, Scheduler
+
+log = getLogger(__name__)
+
+
+@dataclass
+class RoundTally:
+    """What happened to each client in the current round (rows of ``clients.csv``)."""
+
+    server_round: int
+    plan: RoundPlan
+    started: float = field(default_factory=time.perf_counter)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def count(self, phase: str, status: str) -> int:
+        return sum(1 for r in self.rows if r["phase"] == phase and r["status"] == status)
+
+    def total(self, phase: str, key: str) -> float:
+        return sum(r.get(key) or 0 for r in self.rows if r["phase"] == phase)
+
+    def weighted(self, phase: str, key: str) -> float | None:
+        """Mean of ``key`` over successful replies weighted by their examples (Flower's rule)."""
+        ok = [r for r in self.rows if r["phase"] == phase and r["status"] == "ok"]
+        n = sum(r["num_examples"] for r in ok)
+        return sum(r[key] * r["num_examples"] for r in ok) / n if n else None
+
+
+class _PhaseView:
+    """The Grid as a strategy sees it while configuring one phase of one round."""
+
+    def __init__(self, grid: FedlabGrid, node_ids: list[int]) -> None:
+        self._grid = grid
+        self._node_ids = node_ids
+
+    def get_node_ids(self) -> list[int]:
+        return list(self._node_ids)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+
+class FedlabGrid:
+    """Wraps a Flower :class:`Grid` with fedlab's schedule, metering and reply checks."""
+
+    def __init__(self, grid: Grid, scheduler: Scheduler) -> None:
+        self._grid = grid
+        self.scheduler = scheduler
+        self.node_of: dict[int, int] = {}  # partition id -> node id
+        self.partition_of: dict[int, int] = {}
+        self.tally: RoundTally | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self._grid.get_node_ids()
+
+    def connect(self, num_clients: int, timeout_s: float) -> None:
+        """Wait for every SuperNode, then learn which partition each node holds.
+
+        The ServerApp starts before the simulated SuperNodes register, and Flower would sample
+        from whoever is there; a query message to every node returns its partition id.
+        """
+        deadline = time.monotonic() + timeout_s
+        while len(nodes := list(self._grid.get_node_ids())) < num_clients:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"only {len(nodes)} of {num_clients} clients connected within {timeout_s:g} s "
+                    "(simulation.connect_timeout_s)"
+                )
+            time.sleep(0.05)
+        queries = [
+            Message(content=RecordDict(), dst_node_id=node, message_type="query") for node in nodes
+        ]
+        for reply in self._grid.send_and_receive(queries, timeout=timeout_s):
+            if reply.has_error():
+                raise RuntimeError(f"a client failed to start: {reply.error.reason}")
+            pid = int(reply.content["info"]["partition-id"])
+            self.node_of[pid] = reply.metadata.src_node_id
+        missing = sorted(set(range(num_clients)) - set(self.node_of))
+        if missing:
+            raise RuntimeError(f"no node answered for partitions {missing[:10]}")
+        self.partition_of = {node: pid for pid, node in self.node_of.items()}
+
+    def view(self, server_round: int, phase: str) -> _PhaseView:
+        """The nodes a strategy may sample for ``phase`` ("train" or "evaluate") this round."""
+        if phase == "train":
+            self.tally = RoundTally(server_round, self.scheduler.plan(server_round))
+            for pid in self.tally.plan.dropped:
+                self.tally.rows.append(_row(server_round, pid, "train", "dropped"))
+            pids = sorted(self.tally.plan.epochs)
+        else:
+            assert self.tally is not None and self.tally.server_round == server_round
+            pids = list(self.tally.plan.evaluate)
+        return _PhaseView(self, [self.node_of[pid] for pid in pids])
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> list[Message]:
+        """Send with per-client instructions; return the valid replies sorted by partition id."""
+        assert self.tally is not None, "strategies must configure rounds through view()"
+        plan = self.tally.plan
+        outgoing: list[Message] = []
+        sent: dict[int, tuple[str, int, dict[str, tuple[int, ...]]]] = {}
+        for msg in messages:
+            pid = self.partition_of[msg.metadata.dst_node_id]
+            content = msg.content
+            if msg.metadata.message_type == "train":
+                config = ConfigRecord(dict(content["config"]))
+                config["local-epochs"] = plan.epochs[pid]
+                config[FAIL_KEY] = pid in plan.failing
+                content = RecordDict({**content, "config": config})
+                msg = Message(
+                    content=content, dst_node_id=msg.metadata.dst_node_id, message_type="train"
+                )
+            arrays = content.array_records
+            down = sum(a.count_bytes() for a in arrays.values())
+            shapes = {k: v.shape for a in arrays.values() for k, v in a.items()}
+            sent[pid] = (msg.metadata.message_type, down, shapes)
+            outgoing.append(msg)
+        if not outgoing:
+            return []
+
+        replies = list(self._grid.send_and_receive(outgoing, timeout=timeout))
+        valid: list[tuple[int, Message]] = []
+        answered: set[int] = set()
+        for reply in replies:
+            pid = self.partition_of[reply.metadata.src_node_id]
+            answered.add(pid)
+            phase, down, shapes = sent[pid]
+            row = _row(self.tally.server_round, pid, phase, "ok", bytes_down=down)
+            if reply.has_error():
+                row.update(status="failed", error=_first_line(reply.error.reason))
+            else:
+                arrays = reply.content.array_records
+                row["bytes_up"] = sum(a.count_bytes() for a in arrays.values())
+                problem = _check_update(arrays, shapes) if phase == "train" else None
+                if problem:
+                    row.update(status="failed", error=problem)
+                metrics = next(iter(reply.content.metric_records.values()), {})
+                row.update(_metric_columns(phase, metrics))
+            self.tally.rows.append(row)
+            if row["status"] == "ok":
+                valid.append((pid, reply))
+        for pid in sorted(set(sent) - answered):
+            self.tally.rows.append(
+                _row(
+                    self.tally.server_round,
+                    pid,
+                    sent[pid][0],
+                    "failed",
+                    bytes_down=sent[pid][1],
+                    error=f"no reply within {timeout:g} s",
+                )
+            )
+        return [reply for _, reply in sorted(valid, key=lambda item: item[0])]
+
+
+def _row(server_round: int, pid: int, phase: str, status: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "round": server_round,
+        "client": pid,
+        "phase": phase,
+        "status": status,
+        "bytes_down": 0,
+        "bytes_up": 0,
+        **extra,
+    }
+
+
+def _first_line(text: str) -> str:
+    lines = [line for line in str(text).strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "unknown error"
+
+
+def _check_update(arrays: Any, shapes: dict[str, tuple[int, ...]]) -> str | None:
+    """Why an update must not be aggregated (wrong keys or shapes, NaN/inf), or None."""
+    received = {k: v for a in arrays.values() for k, v in a.items()}
+    if set(received) != set(shapes):
+        return "malformed update: parameter names differ from the global model"
+    for key, array in received.items():
+        if tuple(array.shape) != tuple(shapes[key]):
+            return f"malformed update: {key} has shape {tuple(array.shape)}, expected {shapes[key]}"
+        if not np.isfinite(array.numpy()).all():
+            return f"malformed update: {key} contains NaN or inf"
+    return None
+
+
+_TRAIN_COLUMNS = {
+    "num-examples": "num_examples",
+    "local-epochs": "local_epochs",
+    "local-steps": "local_steps",
+    "train_loss": "train_loss",
+    "duration-s": "duration_s",
+    "cpu-s": "cpu_s",
+}
+_EVALUATE_COLUMNS = {
+    "num-examples": "num_examples",
+    "loss": "loss",
+    "accuracy": "accuracy",
+    "duration-s": "duration_s",
+    "cpu-s": "cpu_s",
+}
+
+
+def _metric_columns(phase: str, metrics: Any) -> dict[str, Any]:
+    columns = _TRAIN_COLUMNS if phase == "train" else _EVALUATE_COLUMNS
+    return {col: metrics[key] for key, col in columns.items() if key in metrics}

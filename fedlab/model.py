@@ -1,0 +1,110 @@
+"""Models: the PyTorch networks clients train.
+
+Every model takes ``input_shape`` and ``num_classes`` (filled in from the dataset) plus its own
+settings from ``conf/model/``. Only layers Opacus can compute per-sample gradients for are used
+(GroupNorm, never BatchNorm), so every model works with ``privacy=local``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class LogisticRegression(nn.Module):
+    """Multinomial logistic regression, as in the FedProx synthetic protocol.
+
+    Glorot-uniform weights and zero bias, as the original TensorFlow code initialises them.
+    """
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(math.prod(input_shape), num_classes)
+        nn.init.xavier_uniform_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.flatten(1))
+
+
+class MLP(nn.Module):
+    """A fully connected network with ReLU hidden layers."""
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        hidden: tuple[int, ...] | list[int] = (128,),
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if any(h < 1 for h in hidden):
+            raise ValueError(f"hidden layer sizes must be >= 1, got {list(hidden)}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = math.prod(input_shape)
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            width = h
+        layers.append(nn.Linear(width, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class CNN(nn.Module):
+    """A small convolutional network for (C, H, W) images: conv-GroupNorm-ReLU blocks.
+
+    Each block halves the resolution until it reaches 4x4, so the same config serves 8x8 digits
+    and 28x28 or 32x32 images; global average pooling keeps the head small.
+    """
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        channels: tuple[int, ...] | list[int] = (16, 32),
+        groups: int = 4,
+        hidden: int = 64,
+    ) -> None:
+        super().__init__()
+        if len(input_shape) != 3:
+            raise ValueError(
+                f"needs image input (channels, height, width), got shape {tuple(input_shape)}"
+            )
+        if any(c % groups for c in channels):
+            raise ValueError(f"every channel count must be divisible by groups={groups}")
+        blocks: list[nn.Module] = []
+        in_ch, size = input_shape[0], min(input_shape[1:])
+        for out_ch in channels:
+            blocks += [
+                nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1),
+                nn.GroupNorm(groups, out_ch),
+                nn.ReLU(),
+            ]
+            if size > 4:
+                blocks.append(nn.MaxPool2d(2))
+                size //= 2
+            in_ch = out_ch
+        self.features = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Sequential(
+            nn.Linear(in_ch, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def build_model(spec: dict, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """Instantiate the configured model (``conf/model/``) for a dataset's shape and classes."""
+    from hydra.utils import instantiate
+
+    return instantiate(
+        spec, input_shape=tuple(input_shape), num_classes=num_classes, _convert_="all"
+    )

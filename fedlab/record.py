@@ -1,0 +1,217 @@
+"""The run record: one self-describing directory per run, the only thing reports read.
+
+Layout (documented in the README, "Run record"):
+
+    config.yaml        the resolved configuration
+    results.json       status, final metrics and the privacy / carbon / communication sections
+    rounds.csv         one row per round (round 0 = the initial model)
+    clients.csv        one row per (round, client, phase)
+    model.safetensors  final global weights
+    partition.png      training labels per client
+    curves.png         accuracy and loss per round
+
+Every file is written to a temporary name in the same directory and renamed over the target
+(``os.replace`` is atomic on POSIX), so a crash never leaves a half-written result.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+SCHEMA = "fedlab.run/1"
+RESULTS = "results.json"
+
+ROUND_COLUMNS = [
+    "round",
+    "central_loss",
+    "central_accuracy",
+    "federated_loss",
+    "federated_accuracy",
+    "train_loss",
+    "clients_sampled",
+    "clients_trained",
+    "clients_succeeded",
+    "clients_failed",
+    "clients_straggled",
+    "clients_dropped",
+    "clients_evaluated",
+    "bytes_down",
+    "bytes_up",
+    "duration_s",
+    "elapsed_s",
+]
+CLIENT_COLUMNS = [
+    "round",
+    "client",
+    "phase",
+    "status",
+    "num_examples",
+    "local_epochs",
+    "local_steps",
+    "train_loss",
+    "loss",
+    "accuracy",
+    "duration_s",
+    "cpu_s",
+    "bytes_down",
+    "bytes_up",
+    "error",
+]
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it over ``path`` if the block succeeds."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; results are meant to be shared
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Atomically write ``text`` to ``path``."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Atomically write ``data`` as JSON (NaN and infinities become null: JSON has none)."""
+    write_text(path, json.dumps(_finite(data), indent=2, sort_keys=False) + "\n")
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """Atomically write ``rows`` with a fixed header (missing values are empty cells)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """Rows of a record CSV as dicts of strings."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def now() -> str:
+    """The current UTC time in ISO 8601."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def existing_status(run_dir: Path) -> str | None:
+    """The status of the run recorded in ``run_dir``, or None if it holds no record."""
+    try:
+        return json.loads((run_dir / RESULTS).read_text()).get("status")
+    except (OSError, ValueError):
+        return None
+
+
+class RunRecord:
+    """Writes one run's directory as the run progresses."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.dir = run_dir
+        self.results: dict[str, Any] = {}
+        self.rounds: list[dict[str, Any]] = []
+        self.clients: list[dict[str, Any]] = []
+
+    def start(self, config_yaml: str, results: dict[str, Any]) -> None:
+        """Write the resolved config and the initial ``results.json`` (status "running")."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        write_text(self.dir / "config.yaml", config_yaml)
+        self.results = {
+            "schema": SCHEMA,
+            "status": "running",
+            "error": None,
+            "started_at": now(),
+            "finished_at": None,
+            **results,
+        }
+        write_json(self.dir / RESULTS, self.results)
+
+    def update(self, **fields: Any) -> None:
+        """Merge ``fields`` into ``results.json`` and rewrite it."""
+        self.results.update(fields)
+        write_json(self.dir / RESULTS, self.results)
+
+    def add_round(self, row: dict[str, Any], client_rows: list[dict[str, Any]]) -> None:
+        """Append one round to ``rounds.csv`` and its clients to ``clients.csv``."""
+        self.rounds.append(row)
+        self.clients.extend(client_rows)
+        write_csv(self.dir / "rounds.csv", self.rounds, ROUND_COLUMNS)
+        write_csv(self.dir / "clients.csv", self.clients, CLIENT_COLUMNS)
+
+    def finish(self, status: str, error: str | None = None, **fields: Any) -> None:
+        """Mark the run ``completed``, ``failed`` or ``interrupted``."""
+        self.update(status=status, error=error, finished_at=now(), **fields)
+
+    def save_model(self, state_dict: dict[str, Any]) -> None:
+        """Save final weights as safetensors (loading it can never execute code)."""
+        from safetensors.torch import save_file
+
+        tensors = {k: v.detach().contiguous() for k, v in state_dict.items()}
+        with atomic_path(self.dir / "model.safetensors") as tmp:
+            save_file(tensors, str(tmp))
+
+    def plot_curves(self) -> None:
+        """Save ``curves.png``: centralized and federated accuracy and loss per round."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+        for prefix, label in (("central", "centralized"), ("federated", "federated")):
+            points = [
+                (r["round"], r[f"{prefix}_accuracy"], r[f"{prefix}_loss"])
+                for r in self.rounds
+                if r.get(f"{prefix}_accuracy") is not None
+            ]
+            if points:
+                rounds, acc, loss = zip(*points, strict=True)
+                acc_ax.plot(rounds, acc, marker="o", ms=3, label=label)
+                loss_ax.plot(rounds, loss, marker="o", ms=3, label=label)
+        acc_ax.set(xlabel="round", ylabel="accuracy", title="Test accuracy")
+        loss_ax.set(xlabel="round", ylabel="loss", title="Test loss")
+        for ax in (acc_ax, loss_ax):
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.tight_layout()
+        with atomic_path(self.dir / "curves.png") as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+        plt.close(fig)
+
+
+def load_model(path: Path) -> dict[str, Any]:
+    """Load weights saved by :meth:`RunRecord.save_model` (safetensors: no pickle)."""
+    from safetensors.torch import load_file
+
+    return load_file(str(path))

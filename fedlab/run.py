@@ -1,0 +1,141 @@
+"""One run end to end: validate, prepare data, simulate, record."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from logging import getLogger
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from fedlab.config import ConfigError
+from fedlab.experiment import Experiment
+from fedlab.record import RunRecord, existing_status
+
+log = getLogger("fedlab")
+
+
+class RunFailed(RuntimeError):
+    """The run started but did not complete; its record says ``failed`` and why."""
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {pkg: version(pkg) for pkg in ("fedlab", "flwr", "torch", "numpy", "hydra-core")}
+
+
+def _error_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[-1] if text else ''}"[:500]
+
+
+def run_experiment(raw: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> dict:
+    """Run the experiment ``raw`` describes and write its record into ``run_dir``.
+
+    Raises :class:`ConfigError` before writing anything if the config or the directory is
+    unusable, :class:`RunFailed` (record status ``failed``) if the run breaks, and lets
+    ``KeyboardInterrupt`` through after marking the record ``interrupted``.
+    """
+    from fedlab.client_app import ClientSpec, build_client_app
+    from fedlab.model import build_model
+    from fedlab.partition import plot_label_distribution
+    from fedlab.server_app import build_server_app
+    from fedlab.simulation import simulate
+
+    exp = Experiment.from_config(raw)
+    status = existing_status(run_dir)
+    if status is not None:
+        raise ConfigError(
+            "hydra.run.dir",
+            f"{run_dir} already holds a run record (status: {status}); choose a new directory",
+        )
+    fed = exp.load_data()
+    try:
+        build_model(exp.cfg.model, fed.input_shape, fed.num_classes)
+    except Exception as err:  # the model's constructor is the check of its settings
+        raise ConfigError("model", _error_line(err)) from None
+
+    record = RunRecord(run_dir)
+    record.start(
+        OmegaConf.to_yaml(raw, resolve=True),
+        {
+            "rounds_completed": 0,
+            "num_rounds": exp.cfg.num_rounds,
+            "seed": exp.cfg.seed,
+            "duration_s": None,
+            "accuracy": None,
+            "loss": None,
+            "federated_accuracy": None,
+            "federated_loss": None,
+            "experiment": exp.describe(),
+            "overrides": list(overrides or []),
+            "privacy": {
+                "mode": "none",
+                "unit": None,
+                "epsilon": None,
+                "delta": None,
+                "accountant": None,
+            },
+            "carbon": {
+                "energy_kwh": None,
+                "emissions_kg": None,
+                "compute_kg": None,
+                "communication_kg": None,
+                "server_kg": None,
+            },
+            "communication": {"bytes_down": 0, "bytes_up": 0},
+            "versions": _versions(),
+        },
+    )
+    plot_label_distribution(fed, run_dir / "partition.png")
+    log.info(
+        "fedlab: %s | %s on %s, %d clients (%d per round), %d rounds -> %s",
+        exp.cfg.strategy.name,
+        exp.describe()["model"],
+        fed.name,
+        exp.cfg.num_clients,
+        exp.scheduler().sample_size(),
+        exp.cfg.num_rounds,
+        run_dir,
+    )
+    started = time.perf_counter()
+    try:
+        with tempfile.TemporaryDirectory(prefix="fedlab-") as tmp:
+            data_path = Path(tmp) / "federation.npz"
+            fed.save(data_path)
+            spec = ClientSpec(
+                str(data_path), dict(exp.cfg.model), exp.cfg.seed, exp.cfg.simulation.torch_threads
+            )
+            simulate(
+                build_server_app(exp, fed, record),
+                build_client_app(spec),
+                exp.cfg.num_clients,
+                exp.cfg.simulation,
+            )
+    except KeyboardInterrupt:
+        record.finish("interrupted", duration_s=time.perf_counter() - started)
+        raise
+    except Exception as err:
+        record.finish("failed", error=_error_line(err), duration_s=time.perf_counter() - started)
+        raise RunFailed(_error_line(err)) from err
+    finally:
+        if record.rounds:
+            record.plot_curves()
+    if record.results["rounds_completed"] != exp.cfg.num_rounds:
+        message = f"simulation ended after {record.results['rounds_completed']} rounds"
+        record.finish("failed", error=message, duration_s=time.perf_counter() - started)
+        raise RunFailed(message)
+    record.finish("completed", duration_s=round(time.perf_counter() - started, 3))
+    results: dict[str, Any] = record.results
+    log.info(
+        "fedlab: completed %d rounds in %.1f s | accuracy %.4f | loss %.4f | record: %s",
+        results["rounds_completed"],
+        results["duration_s"],
+        results["accuracy"],
+        results["loss"],
+        run_dir,
+    )
+    return results

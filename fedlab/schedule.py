@@ -1,0 +1,94 @@
+"""The seeded schedule of a round: who is sampled, who straggles, who fails, who evaluates.
+
+Everything here is a pure function of (seed, round) and the config, so every strategy sees the
+same clients and the same stragglers in the same round (as FedProx's original code does by
+seeding client selection with the round number), a resumed run replays the same schedule, and
+Ray's scheduling order cannot change a result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedlab.training import seed_for
+
+_SAMPLE, _STRAGGLE, _FAIL, _EVALUATE = range(4)
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """The schedule of one round, in partition ids."""
+
+    server_round: int
+    sampled: tuple[int, ...]
+    epochs: dict[int, float]  # clients that train -> local epochs (stragglers: fewer)
+    stragglers: tuple[int, ...]  # dropped or trained partially, by the straggler policy
+    dropped: tuple[int, ...]  # stragglers whose work is discarded: they are not trained
+    failing: frozenset[int]  # clients that will crash during training
+    evaluate: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    """Builds the :class:`RoundPlan` of any round from the run's settings."""
+
+    seed: int
+    num_clients: int
+    fraction_train: float
+    min_train_clients: int
+    fraction_evaluate: float
+    local_epochs: int
+    straggler_fraction: float
+    straggler_policy: str  # "drop" or "partial"
+    failure_rate: float
+
+    def _rng(self, server_round: int, stream: int) -> np.random.Generator:
+        return np.random.default_rng(seed_for(self.seed, server_round, stream))
+
+    def sample_size(self) -> int:
+        """Clients sampled per round: ``fraction_train`` of all, at least the minimum."""
+        wanted = max(self.min_train_clients, int(self.num_clients * self.fraction_train), 1)
+        return min(wanted, self.num_clients)
+
+    def plan(self, server_round: int) -> RoundPlan:
+        """The schedule of ``server_round`` (1-based)."""
+        rng = self._rng(server_round, _SAMPLE)
+        sampled = np.sort(rng.choice(self.num_clients, self.sample_size(), replace=False))
+
+        # FedProx: active = choice(selected, round(len * (1 - drop_percent))); the rest straggle.
+        rng = self._rng(server_round, _STRAGGLE)
+        n_active = round(len(sampled) * (1 - self.straggler_fraction))
+        stragglers = set(rng.choice(sampled, len(sampled) - n_active, replace=False).tolist())
+        epochs: dict[int, float] = {}
+        dropped: list[int] = []
+        for pid in sampled.tolist():
+            if pid not in stragglers:
+                epochs[pid] = float(self.local_epochs)
+            elif self.straggler_policy == "drop":
+                dropped.append(pid)
+            elif self.local_epochs >= 2:  # FedProx: randint(1, E) -> 1..E-1 epochs
+                epochs[pid] = float(rng.integers(1, self.local_epochs))
+            else:  # with one local epoch, partial work is a random share of that epoch
+                epochs[pid] = float(rng.uniform(0.05, 0.95))
+
+        rng = self._rng(server_round, _FAIL)
+        trained = sorted(epochs)
+        fails = rng.random(len(trained)) < self.failure_rate
+        failing = frozenset(pid for pid, f in zip(trained, fails, strict=True) if f)
+
+        evaluate: tuple[int, ...] = ()
+        if self.fraction_evaluate > 0:
+            n_eval = min(self.num_clients, max(1, int(self.num_clients * self.fraction_evaluate)))
+            rng = self._rng(server_round, _EVALUATE)
+            evaluate = tuple(np.sort(rng.choice(self.num_clients, n_eval, replace=False)).tolist())
+        return RoundPlan(
+            server_round=server_round,
+            sampled=tuple(sampled.tolist()),
+            epochs=epochs,
+            stragglers=tuple(sorted(stragglers)),
+            dropped=tuple(dropped),
+            failing=failing,
+            evaluate=evaluate,
+        )

@@ -1,0 +1,130 @@
+"""The ServerApp: connect to the clients, run the Flower strategy, record every round."""
+
+from __future__ import annotations
+
+import time
+from logging import getLogger
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from fedlab.experiment import Experiment
+from fedlab.grid import FedlabGrid, RoundTally
+from fedlab.model import build_model
+from fedlab.partition import FederatedData
+from fedlab.record import RunRecord
+from fedlab.strategy import build_strategy
+from fedlab.training import evaluate, seed_for
+
+log = getLogger("fedlab")
+
+
+class RoundCloser:
+    """Flower's ``evaluate_fn``: called once before round 1 and after every round.
+
+    It evaluates the global model on the central test split, then writes the round's row and
+    its clients' rows to the record and prints the progress line.
+    """
+
+    def __init__(self, exp: Experiment, fed: FederatedData, grid: FedlabGrid, record: RunRecord):
+        self.exp, self.fed, self.grid, self.record = exp, fed, grid, record
+        self.model = build_model(exp.cfg.model, fed.input_shape, fed.num_classes)
+        self.started = time.perf_counter()
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        self.model.load_state_dict(arrays.to_torch_state_dict())
+        loss, accuracy = evaluate(self.model, self.fed.test)
+        tally = self.grid.tally if server_round > 0 else None
+        row = round_row(server_round, loss, accuracy, tally, time.perf_counter() - self.started)
+        self.record.add_round(row, tally.rows if tally else [])
+        totals = {
+            k: sum(r.get(k) or 0 for r in self.record.rounds) for k in ("bytes_down", "bytes_up")
+        }
+        self.record.update(
+            rounds_completed=server_round,
+            accuracy=accuracy,
+            loss=loss,
+            federated_accuracy=row["federated_accuracy"],
+            federated_loss=row["federated_loss"],
+            communication={"bytes_down": totals["bytes_down"], "bytes_up": totals["bytes_up"]},
+        )
+        clients = (
+            f"{row['clients_succeeded']}/{row['clients_trained']} trained"
+            if tally
+            else "initial model"
+        )
+        log.info(
+            "round %3d/%d | acc %.4f | loss %.4f | fed acc %s | %s | %.1f s",
+            server_round,
+            self.exp.cfg.num_rounds,
+            accuracy,
+            loss,
+            _fmt(row["federated_accuracy"]),
+            clients,
+            row["elapsed_s"],
+        )
+        return MetricRecord({"loss": loss, "accuracy": accuracy})
+
+
+def round_row(
+    server_round: int, loss: float, accuracy: float, tally: RoundTally | None, elapsed: float
+) -> dict:
+    """One row of ``rounds.csv``."""
+    row = {
+        "round": server_round,
+        "central_loss": loss,
+        "central_accuracy": accuracy,
+        "elapsed_s": round(elapsed, 3),
+    }
+    if tally is None:
+        return row | {"federated_loss": None, "federated_accuracy": None}
+    plan = tally.plan
+    return row | {
+        "federated_loss": tally.weighted("evaluate", "loss"),
+        "federated_accuracy": tally.weighted("evaluate", "accuracy"),
+        "train_loss": tally.weighted("train", "train_loss"),
+        "clients_sampled": len(plan.sampled),
+        "clients_trained": len(plan.epochs),
+        "clients_succeeded": tally.count("train", "ok"),
+        "clients_failed": tally.count("train", "failed"),
+        "clients_straggled": len(plan.stragglers),
+        "clients_dropped": len(plan.dropped),
+        "clients_evaluated": tally.count("evaluate", "ok"),
+        "bytes_down": int(
+            tally.total("train", "bytes_down") + tally.total("evaluate", "bytes_down")
+        ),
+        "bytes_up": int(tally.total("train", "bytes_up") + tally.total("evaluate", "bytes_up")),
+        "duration_s": round(time.perf_counter() - tally.started, 3),
+    }
+
+
+def _fmt(value: float | None) -> str:
+    return "  -   " if value is None else f"{value:.4f}"
+
+
+def build_server_app(exp: Experiment, fed: FederatedData, record: RunRecord) -> ServerApp:
+    """A ServerApp running ``exp``'s strategy and writing ``record``."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        cfg = exp.cfg
+        fedlab_grid = FedlabGrid(grid, exp.scheduler())
+        fedlab_grid.connect(cfg.num_clients, cfg.simulation.connect_timeout_s)
+        torch.manual_seed(seed_for(cfg.seed, 0))  # the initial global model
+        model = build_model(cfg.model, fed.input_shape, fed.num_classes)
+        initial = ArrayRecord(model.state_dict())
+        result = build_strategy(cfg.strategy).start(
+            grid=fedlab_grid,
+            initial_arrays=initial,
+            num_rounds=cfg.num_rounds,
+            timeout=cfg.simulation.round_timeout_s,
+            train_config=exp.train_config(),
+            evaluate_config=ConfigRecord(),
+            evaluate_fn=RoundCloser(exp, fed, fedlab_grid, record),
+        )
+        final = result.arrays if len(result.arrays) else initial
+        record.save_model(final.to_torch_state_dict())
+
+    return app

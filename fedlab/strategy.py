@@ -1,0 +1,110 @@
+"""Strategies: Flower's own (``flwr.serverapp.strategy``), made to follow fedlab's schedule.
+
+A strategy option in ``conf/strategy/`` names a Flower class and its hyperparameters under
+``flower:``. :func:`build_strategy` subclasses that class with :class:`ScheduledSampling`, which
+hands the strategy a view of the Grid holding only the clients the seeded schedule chose for
+this round; Flower's sampling, aggregation and server optimizers are otherwise untouched.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedlab.config import ConfigError, StrategyConfig
+
+# Ranges of Flower hyperparameters that Flower itself does not check at construction time.
+_RULES: dict[str, tuple[Any, str]] = {
+    "proximal_mu": (lambda v: v >= 0, "must be >= 0"),
+    "eta": (lambda v: v > 0, "must be > 0"),
+    "eta_l": (lambda v: v > 0, "must be > 0"),
+    "tau": (lambda v: v > 0, "must be > 0"),
+    "beta_1": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "beta_2": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "server_learning_rate": (lambda v: v > 0, "must be > 0"),
+    "server_momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "beta": (lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"),
+    "q": (lambda v: v >= 0, "must be >= 0"),
+    "client_learning_rate": (lambda v: v > 0, "must be > 0"),
+    "num_malicious_nodes": (lambda v: v >= 0, "must be >= 0"),
+    "num_nodes_to_select": (lambda v: v >= 1, "must be >= 1"),
+}
+
+# Flower's own sampling knobs: fedlab's schedule decides who takes part, so the strategy is
+# told to take every node the view shows it.
+_TAKE_ALL = {
+    "fraction_train": 1.0,
+    "fraction_evaluate": 1.0,
+    "min_train_nodes": 0,
+    "min_evaluate_nodes": 0,
+    "min_available_nodes": 0,
+}
+
+
+class ScheduledSampling:
+    """Mixin: configure rounds through :meth:`fedlab.grid.FedlabGrid.view`."""
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> list[Message]:
+        view = grid.view(server_round, "train")  # type: ignore[attr-defined]
+        return list(super().configure_train(server_round, arrays, config, view))  # type: ignore[misc]
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> list[Message]:
+        view = grid.view(server_round, "evaluate")  # type: ignore[attr-defined]
+        return list(super().configure_evaluate(server_round, arrays, config, view))  # type: ignore[misc]
+
+
+def strategy_class(cfg: StrategyConfig) -> type[Strategy]:
+    """The Flower class named by ``strategy.flower._target_``."""
+    from hydra.utils import get_class
+
+    target = cfg.flower.get("_target_")
+    if not target:
+        raise ConfigError(
+            "strategy.flower._target_", "missing: name a flwr.serverapp.strategy class"
+        )
+    try:
+        cls = get_class(target)
+    except Exception:
+        raise ConfigError("strategy.flower._target_", f"cannot import '{target}'") from None
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        raise ConfigError("strategy.flower._target_", f"'{target}' is not a Flower Strategy")
+    return cls
+
+
+def check_robust_aggregation(cfg: StrategyConfig, clients_per_round: int) -> None:
+    """Byzantine-robust rules need enough clients per round for their assumed attackers."""
+    name = strategy_class(cfg).__name__
+    f = int(cfg.flower.get("num_malicious_nodes", 0))
+    need = {"Krum": 2 * f + 3, "MultiKrum": 2 * f + 3, "Bulyan": 4 * f + 3}.get(name)
+    if need is not None and clients_per_round < need:
+        raise ConfigError(
+            "strategy.flower.num_malicious_nodes",
+            f"{name} with {f} malicious nodes needs at least {need} clients per round; "
+            f"this config samples {clients_per_round} (raise num_clients or fraction_train)",
+        )
+
+
+def build_strategy(cfg: StrategyConfig) -> Strategy:
+    """Instantiate the configured Flower strategy with fedlab's scheduled sampling."""
+    cls = strategy_class(cfg)
+    kwargs = {k: v for k, v in cfg.flower.items() if k != "_target_"}
+    for key, value in kwargs.items():
+        if key in _RULES:
+            ok, rule = _RULES[key]
+            if not isinstance(value, int | float) or not ok(value):
+                raise ConfigError(f"strategy.flower.{key}", f"{rule}, got {value}")
+    accepted = inspect.signature(cls).parameters
+    kwargs.update({k: v for k, v in _TAKE_ALL.items() if k in accepted})
+    scheduled = type(f"Scheduled{cls.__name__}", (ScheduledSampling, cls), {})
+    try:
+        return scheduled(**kwargs)
+    except TypeError as err:
+        raise ConfigError("strategy.flower", f"{cls.__name__}: {err}") from None

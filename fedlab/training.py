@@ -1,0 +1,107 @@
+"""Local training and evaluation loops, shared by clients (train, federated evaluation) and the
+server (centralized evaluation)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedlab.datasets import ArraySplit
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What one client's local training did."""
+
+    loss: float  # mean training loss over the steps taken (without the proximal term)
+    steps: int
+    examples: int
+
+
+def seed_for(*parts: int) -> int:
+    """A 63-bit seed derived from integers (run seed, round, client, stream).
+
+    Every random choice in a run is drawn from such a seed rather than from a process-global
+    generator, so results do not depend on which Ray actor ran which client, or in what order.
+    """
+    return int(np.random.SeedSequence(list(parts)).generate_state(2, dtype=np.uint64)[0] >> 1)
+
+
+def make_optimizer(
+    params: Iterator[nn.Parameter], name: str, lr: float, momentum: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    """The client's local optimizer (``client.optimizer``)."""
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def batches(
+    n: int, batch_size: int, steps: int, generator: torch.Generator
+) -> Iterator[torch.Tensor]:
+    """``steps`` index batches, reshuffling at every epoch boundary."""
+    taken = 0
+    while taken < steps:
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, batch_size):
+            if taken == steps:
+                return
+            yield order[start : start + batch_size]
+            taken += 1
+
+
+def train(
+    model: nn.Module,
+    data: ArraySplit,
+    *,
+    epochs: float,
+    batch_size: int,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    proximal_mu: float = 0.0,
+) -> TrainResult:
+    """Train ``model`` in place for ``epochs`` (a float: stragglers do part of an epoch).
+
+    With ``proximal_mu > 0`` the FedProx proximal term mu/2 * ||w - w_global||^2 is added to
+    the loss, w_global being the weights the model had on entry (Flower's FedProx only sends
+    mu; the client must add the term itself).
+    """
+    x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
+    steps_per_epoch = math.ceil(len(y) / batch_size)
+    steps = max(1, math.ceil(epochs * steps_per_epoch))
+    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
+    criterion = nn.CrossEntropyLoss()
+    model.train()
+    total, seen = 0.0, 0
+    for index in batches(len(y), batch_size, steps, generator):
+        optimizer.zero_grad(set_to_none=True)
+        loss = criterion(model(x[index]), y[index])
+        total += loss.item() * len(index)
+        seen += len(index)
+        if anchor:
+            prox = sum(
+                (p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor, strict=True)
+            )
+            loss = loss + 0.5 * proximal_mu * prox
+        loss.backward()
+        optimizer.step()
+    return TrainResult(loss=total / seen, steps=steps, examples=seen)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: ArraySplit, batch_size: int = 1024) -> tuple[float, float]:
+    """Mean cross-entropy loss and accuracy of ``model`` on ``data``."""
+    model.eval()
+    x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(y), batch_size):
+        logits = model(x[start : start + batch_size])
+        target = y[start : start + batch_size]
+        loss_sum += nn.functional.cross_entropy(logits, target, reduction="sum").item()
+        correct += int((logits.argmax(dim=1) == target).sum())
+    return loss_sum / len(y), correct / len(y)
