@@ -62,8 +62,9 @@ def build_client_app(spec: ClientSpec) -> ClientApp:
     @app.query()
     def identify(msg: Message, context: Context) -> Message:
         """Tell the server which partition this node holds (node ids are random)."""
-        return msg.create_reply(
-            RecordDict({"info": ConfigRecord({"partition-id": _partition_id(context)})})
+        return Message(
+            RecordDict({"info": ConfigRecord({"partition-id": _partition_id(context)})}),
+            reply_to=msg,
         )
 
     @app.train()
@@ -110,7 +111,7 @@ def build_client_app(spec: ClientSpec) -> ClientApp:
         content = RecordDict(
             {"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)}
         )
-        return msg.create_reply(content)
+        return Message(content, reply_to=msg)
 
     @app.evaluate()
     def evaluate_handler(msg: Message, context: Context) -> Message:
@@ -129,6 +130,6 @@ def build_client_app(spec: ClientSpec) -> ClientApp:
             "duration-s": time.perf_counter() - started,
             "cpu-s": time.process_time() - cpu_started,
         }
-        return msg.create_reply(RecordDict({"metrics": MetricRecord(metrics)}))
+        return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
     return app

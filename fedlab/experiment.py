@@ -19,7 +19,7 @@ from fedlab.config import ConfigError, FedlabConfig, require
 from fedlab.datasets import DatasetSpec
 from fedlab.partition import FederatedData, partition
 from fedlab.schedule import Scheduler
-from fedlab.strategy import check_robust_aggregation, strategy_class
+from fedlab.strategy import build_strategy, check_robust_aggregation
 
 
 def _omegaconf_message(err: OmegaConfBaseException, group: str) -> ConfigError:
@@ -72,7 +72,7 @@ class Experiment:
         """Validate ``raw``; raises :class:`ConfigError` naming the first bad key."""
         cfg = typed(raw)
         dataset = build_spec(cfg.dataset, "dataset", DatasetSpec)
-        strategy_class(cfg.strategy)
+        build_strategy(cfg.strategy)  # Flower checks its kwargs, fedlab their ranges
         exp = cls(cfg, dataset)
         check_robust_aggregation(cfg.strategy, exp.scheduler().sample_size())
         if cfg.stragglers.fraction > 0:

@@ -103,28 +103,33 @@ def _fmt(value: float | None) -> str:
     return "  -   " if value is None else f"{value:.4f}"
 
 
+def run_server(grid: Grid, exp: Experiment, fed: FederatedData, record: RunRecord) -> None:
+    """Run ``exp``'s strategy over ``grid`` and write ``record`` (the ServerApp's body)."""
+    cfg = exp.cfg
+    fedlab_grid = FedlabGrid(grid, exp.scheduler())
+    fedlab_grid.connect(cfg.num_clients, cfg.simulation.connect_timeout_s)
+    torch.manual_seed(seed_for(cfg.seed, 0))  # the initial global model
+    model = build_model(cfg.model, fed.input_shape, fed.num_classes)
+    initial = ArrayRecord(model.state_dict())
+    result = build_strategy(cfg.strategy).start(
+        grid=fedlab_grid,
+        initial_arrays=initial,
+        num_rounds=cfg.num_rounds,
+        timeout=cfg.simulation.round_timeout_s,
+        train_config=exp.train_config(),
+        evaluate_config=ConfigRecord(),
+        evaluate_fn=RoundCloser(exp, fed, fedlab_grid, record),
+    )
+    final = result.arrays if len(result.arrays) else initial
+    record.save_model(final.to_torch_state_dict())
+
+
 def build_server_app(exp: Experiment, fed: FederatedData, record: RunRecord) -> ServerApp:
     """A ServerApp running ``exp``'s strategy and writing ``record``."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        cfg = exp.cfg
-        fedlab_grid = FedlabGrid(grid, exp.scheduler())
-        fedlab_grid.connect(cfg.num_clients, cfg.simulation.connect_timeout_s)
-        torch.manual_seed(seed_for(cfg.seed, 0))  # the initial global model
-        model = build_model(cfg.model, fed.input_shape, fed.num_classes)
-        initial = ArrayRecord(model.state_dict())
-        result = build_strategy(cfg.strategy).start(
-            grid=fedlab_grid,
-            initial_arrays=initial,
-            num_rounds=cfg.num_rounds,
-            timeout=cfg.simulation.round_timeout_s,
-            train_config=exp.train_config(),
-            evaluate_config=ConfigRecord(),
-            evaluate_fn=RoundCloser(exp, fed, fedlab_grid, record),
-        )
-        final = result.arrays if len(result.arrays) else initial
-        record.save_model(final.to_torch_state_dict())
+        run_server(grid, exp, fed, record)
 
     return app
