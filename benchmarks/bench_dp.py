@@ -1,0 +1,239 @@
+"""Benchmark: DP-SGD (Opacus, via fedlab.privacy) against non-private training.
+
+One epoch of sklearn's load_digits (1797 images, 1x8x8, 10 classes), batch 32, SGD, on CPU,
+for the two model families fedlab ships: an MLP (64-128-10) and a small CNN (conv-GroupNorm
+blocks). For each Opacus grad_sample_mode it reports
+
+* the fastest of N epochs (after a warm-up epoch), split into data loading,
+  forward, backward and optimizer step, and its ratio to non-private (settings are run
+  round-robin, so a busy shared machine slows all of them alike),
+* whether the mode is *correct*: the noise-free DP update on a fixed batch equals an
+  independent per-sample-gradient loop, clipped by hand (max abs difference).
+
+Run: ``PYTHONPATH=. python benchmarks/bench_dp.py [--repeats 7] [--threads N]``.
+Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from fedlab.privacy import (
+    GRAD_SAMPLE_MODES,
+    PrivateTraining,
+    make_private_training,
+    private_training,
+)
+
+try:  # the framework's models, if present
+    from fedlab.model import CNN, MLP
+except ImportError:  # pragma: no cover - fallback while fedlab.model is being written
+
+    class MLP(nn.Module):  # type: ignore[no-redef]
+        """64-128-10 multilayer perceptron."""
+
+        def __init__(self, input_shape: tuple[int, ...], num_classes: int,
+                     hidden: tuple[int, ...] = (128,)) -> None:
+            super().__init__()
+            width = int(np.prod(input_shape))
+            layers: list[nn.Module] = [nn.Flatten()]
+            for h in hidden:
+                layers += [nn.Linear(width, h), nn.ReLU()]
+                width = h
+            self.net = nn.Sequential(*layers, nn.Linear(width, num_classes))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+    class CNN(nn.Module):  # type: ignore[no-redef]
+        """Conv-GroupNorm-ReLU blocks, global average pooling, small head."""
+
+        def __init__(self, input_shape: tuple[int, ...], num_classes: int,
+                     channels: tuple[int, ...] = (16, 32)) -> None:
+            super().__init__()
+            blocks: list[nn.Module] = []
+            in_ch = input_shape[0]
+            for out_ch in channels:
+                blocks += [nn.Conv2d(in_ch, out_ch, 3, padding=1), nn.GroupNorm(4, out_ch),
+                           nn.ReLU(), nn.MaxPool2d(2)]
+                in_ch = out_ch
+            self.net = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                     nn.Linear(in_ch, 64), nn.ReLU(), nn.Linear(64, num_classes))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+
+BATCH = 32
+LR = 0.05
+NOISE = 1.0
+CLIP = 1.0
+
+warnings.filterwarnings("ignore", message="Full backward hook is firing")
+warnings.filterwarnings("ignore", message="Optimal order is the")
+
+
+def digits() -> TensorDataset:
+    """load_digits as float images in [0, 1], shape (1797, 1, 8, 8)."""
+    data = load_digits()
+    x = torch.tensor(data.images / 16.0, dtype=torch.float32).unsqueeze(1)
+    y = torch.tensor(data.target, dtype=torch.long)
+    return TensorDataset(x, y)
+
+
+MODELS: dict[str, Callable[[], nn.Module]] = {
+    "MLP 64-128-10": lambda: MLP((1, 8, 8), 10, hidden=(128,)),
+    "CNN (16, 32) + GroupNorm": lambda: CNN((1, 8, 8), 10, channels=(16, 32)),
+}
+
+
+Phases = dict[str, float]
+
+
+def _timed_epoch(loader, model, criterion, optimizer, dp=None) -> Phases:
+    """One epoch, timing data loading, forward (incl. loss), backward and optimizer step."""
+    t = {"load": 0.0, "forward": 0.0, "backward": 0.0, "step": 0.0}
+    it = iter(loader)
+    while True:
+        a = time.perf_counter()
+        try:
+            x, y = next(it)
+        except StopIteration:
+            break
+        b = time.perf_counter()
+        t["load"] += b - a
+        if dp is not None and len(y) == 0:  # empty Poisson batch: noise-only release
+            dp.noise_only_step()
+            t["step"] += time.perf_counter() - b
+            continue
+        optimizer.zero_grad(set_to_none=True)
+        loss = criterion(model(x), y)
+        c = time.perf_counter()
+        loss.backward()
+        d = time.perf_counter()
+        optimizer.step()
+        e = time.perf_counter()
+        t["forward"] += c - b
+        t["backward"] += d - c
+        t["step"] += e - d
+    return t
+
+
+def non_private_runner(make_model: Callable[[], nn.Module],
+                       dataset: TensorDataset) -> Callable[[], Phases]:
+    """A plain PyTorch loop (shuffled loader, same batch size); returns a run-one-epoch fn."""
+    torch.manual_seed(0)
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    loader = DataLoader(dataset, batch_size=BATCH, shuffle=True,
+                        generator=torch.Generator().manual_seed(0))
+    loss_fn = nn.CrossEntropyLoss()
+    return lambda: _timed_epoch(loader, model, loss_fn, opt)
+
+
+def private_runner(make_model: Callable[[], nn.Module], dataset: TensorDataset,
+                   mode: str) -> tuple[Callable[[], Phases], PrivateTraining]:
+    """DP-SGD via fedlab.privacy (Poisson sampling, same expected batch size)."""
+    torch.manual_seed(0)
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    dp = make_private_training(model, opt, DataLoader(dataset, batch_size=BATCH),
+                               noise_multiplier=NOISE, max_grad_norm=CLIP,
+                               grad_sample_mode=mode, seed=0)
+    return (lambda: _timed_epoch(dp.data_loader, dp.model, dp.criterion, dp.optimizer, dp)), dp
+
+
+def correctness_error(make_model: Callable[[], nn.Module], dataset: TensorDataset,
+                      mode: str) -> float:
+    """Max |DP update - hand-computed clipped per-sample update| on a fixed batch, no noise."""
+    torch.manual_seed(0)
+    model = make_model()
+    reference = copy.deepcopy(model)
+    x, y = dataset.tensors[0][:BATCH], dataset.tensors[1][:BATCH]
+    clip = 0.1  # small, so most per-sample gradients are actually clipped
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    with private_training(model, opt, DataLoader(dataset, batch_size=BATCH), noise_multiplier=0.0,
+                          max_grad_norm=clip, grad_sample_mode=mode, seed=0) as dp:
+        dp.fit_batch(x, y)
+        expected = dp.expected_batch_size
+    total = [torch.zeros_like(p) for p in reference.parameters()]
+    for i in range(len(y)):
+        loss = nn.functional.cross_entropy(reference(x[i : i + 1]), y[i : i + 1])
+        grads = torch.autograd.grad(loss, list(reference.parameters()))
+        norm = float(torch.sqrt(sum((g**2).sum() for g in grads)))
+        for t, g in zip(total, grads, strict=True):
+            t += g * min(1.0, clip / (norm + 1e-6))
+    return max(
+        float(((p0 - p.detach()) - t / expected).abs().max())
+        for p0, p, t in zip(before, model.parameters(), total, strict=True)
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=9, help="timed epochs per setting")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default 1: steadier on a shared box)")
+    parser.add_argument("--modes", nargs="*", default=list(GRAD_SAMPLE_MODES))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    dataset = digits()
+    print(f"load_digits: {len(dataset)} samples, batch {BATCH}, one epoch per measurement; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); {args.repeats} "
+          f"timed epochs after 1 warm-up, settings interleaved round-robin; times are the fastest "
+          f"epoch (least disturbed by other load), ratio = fastest DP / fastest non-private; "
+          f"noise {NOISE}, clip {CLIP}\n")
+    table = ["| model | mode | epoch (ms) | x non-private | load | forward | backward | step "
+             "| DP steps/epoch | max abs err vs loop |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, make_model in MODELS.items():
+        runners: dict[str, Callable[[], Phases]] = {"non-private": non_private_runner(make_model,
+                                                                                    dataset)}
+        sessions: dict[str, PrivateTraining] = {}
+        errors: dict[str, str] = {}
+        for mode in args.modes:
+            try:
+                runners[mode], sessions[mode] = private_runner(make_model, dataset, mode)
+            except Exception as exc:  # report unsupported combinations instead of dying
+                errors[mode] = f"{type(exc).__name__}: {exc}"
+        results: dict[str, list[Phases]] = {k: [] for k in runners}
+        for r in range(args.repeats + 1):
+            for key, run in runners.items():
+                phases = run()
+                if r > 0:
+                    results[key].append(phases)
+        base = min(sum(p.values()) for p in results["non-private"])
+        for key, runs in results.items():
+            fastest = min(runs, key=lambda p: sum(p.values()))
+            total = sum(fastest.values())
+            ratio = total / base
+            phase = {k: v * 1e3 for k, v in fastest.items()}
+            if key == "non-private":
+                steps, err = f"{-(-len(dataset) // BATCH)}", "-"
+            else:
+                steps = f"{sessions[key].steps // (args.repeats + 1)}"
+                sessions[key].close()
+                err = f"{correctness_error(make_model, dataset, key):.1e}"
+            table.append(
+                f"| {name} | {key} | {total * 1e3:.1f} | {ratio:.2f} | "
+                f"{phase['load']:.1f} | {phase['forward']:.1f} | {phase['backward']:.1f} | "
+                f"{phase['step']:.1f} | {steps} | {err} |"
+            )
+        for mode, msg in errors.items():
+            table.append(f"| {name} | {mode} | failed: {msg} | | | | | | | |")
+    print("\n".join(table))
+
+
+if __name__ == "__main__":
+    main()

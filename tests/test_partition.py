@@ -1,0 +1,105 @@
+"""Partitions come from flwr-datasets' partitioners and are checked for sense."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedlab.config import ConfigError
+from fedlab.datasets.sklearn import Digits
+from fedlab.datasets.synthetic import Synthetic
+from fedlab.partition import FederatedData, partition, plot_label_distribution
+
+DIGITS = Digits().load(seed=0)
+P = "flwr_datasets.partitioner."
+
+
+def _split(spec: dict, n: int = 10, data=DIGITS, test_fraction: float = 0.2) -> FederatedData:
+    return partition(data, spec, n, seed=0, client_test_fraction=test_fraction)
+
+
+@pytest.mark.parametrize("spec", [
+    {"_target_": P + "IidPartitioner"},
+    {"_target_": P + "DirichletPartitioner", "alpha": 0.5, "min_partition_size": 10},
+    {"_target_": P + "PathologicalPartitioner", "num_classes_per_partition": 2},
+    {"_target_": P + "ShardPartitioner", "num_shards_per_partition": 2},
+])
+def test_partitions_are_disjoint_and_nonempty(spec: dict) -> None:
+    fed = _split(spec)
+    rows = np.concatenate([*fed.client_train, *fed.client_test])
+    assert len(rows) == len(np.unique(rows))  # no example held twice
+    assert all(len(t) > 0 for t in fed.client_train)
+    if spec["_target_"].endswith(("IidPartitioner", "DirichletPartitioner")):
+        assert len(rows) == len(DIGITS.pool)  # these use every example
+
+
+def test_iid_gives_equal_sizes_and_all_classes() -> None:
+    fed = _split({"_target_": P + "IidPartitioner"})
+    sizes = [len(a) + len(b) for a, b in zip(fed.client_train, fed.client_test, strict=True)]
+    assert max(sizes) - min(sizes) <= 1
+    assert (fed.label_counts() > 0).all()
+
+
+def test_pathological_limits_classes_per_client() -> None:
+    fed = _split({"_target_": P + "PathologicalPartitioner", "num_classes_per_partition": 2})
+    assert ((fed.label_counts() > 0).sum(axis=1) <= 2).all()
+
+
+def test_dirichlet_alpha_controls_skew() -> None:
+    def skew(alpha: float) -> float:
+        counts = _split({"_target_": P + "DirichletPartitioner", "alpha": alpha,
+                         "min_partition_size": 0}).label_counts()
+        shares = counts / counts.sum(axis=1, keepdims=True)
+        return float(shares.max(axis=1).mean())
+
+    assert skew(0.1) > skew(100.0) + 0.3
+
+
+def test_natural_partition_is_one_client_per_user() -> None:
+    data = Synthetic(num_users=12).load(seed=0)
+    fed = _split({"_target_": P + "NaturalIdPartitioner", "partition_by": "user"}, 12, data)
+    for pid in range(12):
+        rows = np.concatenate([fed.client_train[pid], fed.client_test[pid]])
+        assert len(np.unique(data.pool.users[rows])) == 1
+
+
+def test_client_test_split_fraction() -> None:
+    fed = _split({"_target_": P + "IidPartitioner"}, 5, test_fraction=0.25)
+    for train, test in zip(fed.client_train, fed.client_test, strict=True):
+        assert len(test) == int((len(train) + len(test)) * 0.25)
+
+
+@pytest.mark.filterwarnings("ignore:The specified min_partition_size")
+@pytest.mark.parametrize(("spec", "n", "key"), [
+    ({"_target_": P + "IidPartitioner"}, 5000, "num_clients"),
+    ({"_target_": P + "DirichletPartitioner", "alpha": 0.0}, 10, "partition.alpha"),
+    ({"_target_": P + "DirichletPartitioner", "alpha": -1}, 10, "partition.alpha"),
+    ({"_target_": P + "NaturalIdPartitioner", "partition_by": "user"}, 10, "partition"),
+    ({"_target_": P + "PathologicalPartitioner", "num_classes_per_partition": 0}, 10,
+     "partition.num_classes_per_partition"),
+    ({"_target_": P + "DirichletPartitioner", "alpha": 0.5, "min_partition_size": 500}, 10,
+     "partition"),
+])
+def test_impossible_partitions_are_config_errors(spec: dict, n: int, key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        _split(spec, n)
+    assert err.value.key == key and "\n" not in str(err.value)
+
+
+def test_natural_needs_num_clients_equal_to_users() -> None:
+    with pytest.raises(ConfigError, match="num_clients: .* has 12 users; set num_clients=12"):
+        _split({"_target_": P + "NaturalIdPartitioner", "partition_by": "user"}, 10,
+               Synthetic(num_users=12).load(seed=0))
+
+
+def test_save_load_round_trip_and_plot(tmp_path) -> None:
+    fed = _split({"_target_": P + "DirichletPartitioner", "alpha": 0.3})
+    fed.save(tmp_path / "f.npz")
+    back = FederatedData.load(tmp_path / "f.npz")
+    assert back.input_shape == fed.input_shape and back.num_classes == 10
+    for a, b in zip(fed.client_train, back.client_train, strict=True):
+        assert np.array_equal(a, b)
+    assert np.array_equal(back.test.x, fed.test.x)
+    plot_label_distribution(fed, tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
