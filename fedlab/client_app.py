@@ -19,7 +19,7 @@ from flwr.clientapp import ClientApp
 
 from fedlab.model import build_model
 from fedlab.partition import FederatedData, load_cached
-from fedlab.training import evaluate, make_optimizer, seed_for, train
+from fedlab.training import evaluate, make_optimizer, seed_for, train, train_private
 
 FAIL_KEY = "fedlab-fail"  # set by the server's schedule to inject a client crash
 
@@ -32,6 +32,7 @@ class ClientSpec:
     model: dict[str, Any]
     seed: int
     torch_threads: int = 1
+    clipping_mod: str | None = None  # "fixed" | "adaptive": central DP clipped by the clients
 
 
 class InjectedFailure(RuntimeError):
@@ -58,6 +59,11 @@ def _model(spec: ClientSpec, fed: FederatedData, arrays: ArrayRecord) -> torch.n
 def build_client_app(spec: ClientSpec) -> ClientApp:
     """A ClientApp whose handlers train and evaluate on this node's partition."""
     app = ClientApp()
+    mods = []
+    if spec.clipping_mod is not None:  # Flower's client-side clipping for central DP
+        from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
+
+        mods = [fixedclipping_mod if spec.clipping_mod == "fixed" else adaptiveclipping_mod]
 
     @app.query()
     def identify(msg: Message, context: Context) -> Message:
@@ -67,7 +73,7 @@ def build_client_app(spec: ClientSpec) -> ClientApp:
             reply_to=msg,
         )
 
-    @app.train()
+    @app.train(mods=mods)
     def train_handler(msg: Message, context: Context) -> Message:
         started, cpu_started = time.perf_counter(), time.process_time()
         _set_threads(spec.torch_threads)
@@ -88,17 +94,31 @@ def build_client_app(spec: ClientSpec) -> ClientApp:
             float(config["momentum"]),
             float(config["weight-decay"]),
         )
-        result = train(
-            model,
-            data,
-            epochs=float(config["local-epochs"]),
-            batch_size=int(config["batch-size"]),
-            optimizer=optimizer,
-            generator=torch.Generator().manual_seed(seed_for(spec.seed, server_round, pid, 2)),
-            proximal_mu=float(config.get("proximal-mu", 0.0)),
-        )
+        common = {
+            "epochs": float(config["local-epochs"]),
+            "batch_size": int(config["batch-size"]),
+            "optimizer": optimizer,
+            "proximal_mu": float(config.get("proximal-mu", 0.0)),
+        }
+        dp_metrics: dict[str, float | int] = {}
+        if "dp-noise-multiplier" in config:  # privacy=local: DP-SGD
+            result, report = train_private(
+                model,
+                data,
+                seed=seed_for(spec.seed, server_round, pid, 2),
+                noise_multiplier=float(config["dp-noise-multiplier"]),
+                max_grad_norm=float(config["dp-max-grad-norm"]),
+                grad_sample_mode=str(config["dp-grad-sample-mode"]),
+                **common,
+            )
+            dp_metrics = report.as_metrics()
+        else:
+            generator = torch.Generator().manual_seed(seed_for(spec.seed, server_round, pid, 2))
+            result = train(model, data, generator=generator, **common)
         metrics = {
-            "num-examples": len(data),
+            # Central DP's accounting needs equal weights: each client is one user.
+            "num-examples": 1 if config.get("equal-weights") else len(data),
+            "train-examples": len(data),
             "train_loss": result.loss,
             "local-steps": result.steps,
             "local-epochs": float(config["local-epochs"]),
@@ -108,6 +128,7 @@ def build_client_app(spec: ClientSpec) -> ClientApp:
         }
         if initial_loss is not None:
             metrics["initial-loss"] = initial_loss
+        metrics.update(dp_metrics)
         content = RecordDict(
             {"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)}
         )

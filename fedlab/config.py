@@ -172,6 +172,80 @@ class StrategyConfig:
 
 
 @dataclass
+class PrivacyConfig:
+    """Differential privacy (the ``privacy`` group): ``none``, ``local`` or ``central``.
+
+    * ``local``: record-level DP-SGD in every client (Opacus): per-example gradients clipped to
+      ``max_grad_norm``, Gaussian noise ``noise_multiplier * max_grad_norm``, Poisson batches.
+      ``target_epsilon`` instead picks the noise for the planned rounds before the run.
+    * ``central``: user-level DP-FedAvg with Flower's wrappers: each client's update clipped to
+      ``max_grad_norm`` (``clipping: fixed``) or to an adaptive quantile (``adaptive``), by the
+      server or the clients (``noise_at`` decides who clips; noise is always added once to
+      the aggregate by the server), Gaussian noise ``noise_multiplier * C / m``.
+    """
+
+    mode: str = "none"
+    delta: float = 1e-5
+    accountant: str = "rdp"
+    conversion: str = "opacus"
+    noise_multiplier: float = 1.0
+    max_grad_norm: float = 1.0
+    target_epsilon: float | None = None
+    grad_sample_mode: str = "ew"
+    clipping: str = "fixed"
+    clip_at: str = "server"
+    initial_clipping_norm: float = 0.1
+    target_clipped_quantile: float = 0.5
+    clip_norm_lr: float = 0.2
+    clipped_count_stddev: float | None = None
+
+    def __post_init__(self) -> None:
+        require_choice(self.mode, "privacy.mode", ("none", "local", "central"))
+        if self.mode == "none":
+            return
+        # The value rules are fedlab.privacy's (imported here only when DP is on: it pulls
+        # in Opacus and torch, which `fedlab-run --help` should not pay for).
+        from fedlab import privacy
+
+        for key, check in (
+            ("delta", privacy.validate_delta),
+            ("noise_multiplier", privacy.validate_noise_multiplier),
+            ("max_grad_norm", privacy.validate_max_grad_norm),
+            ("grad_sample_mode", privacy.validate_grad_sample_mode),
+        ):
+            try:
+                check(getattr(self, key))
+            except ValueError as err:
+                raise ConfigError(f"privacy.{key}", str(err)) from None
+        require_choice(self.accountant, "privacy.accountant", ("rdp", "prv"))
+        require_choice(self.conversion, "privacy.conversion", ("opacus", "classic"))
+        require(
+            self.conversion == "opacus" or self.accountant == "rdp",
+            "privacy.conversion",
+            "classic conversion applies to the rdp accountant only",
+        )
+        require(
+            self.target_epsilon is None or self.target_epsilon > 0,
+            "privacy.target_epsilon",
+            "must be > 0 or null",
+        )
+        require(
+            self.target_epsilon is None or self.mode == "local",
+            "privacy.target_epsilon",
+            "is supported for privacy=local only (central DP: set noise_multiplier)",
+        )
+        require_choice(self.clipping, "privacy.clipping", ("fixed", "adaptive"))
+        require_choice(self.clip_at, "privacy.clip_at", ("server", "client"))
+        require(self.initial_clipping_norm > 0, "privacy.initial_clipping_norm", "must be > 0")
+        require(
+            0 < self.target_clipped_quantile < 1,
+            "privacy.target_clipped_quantile",
+            "must be in (0, 1)",
+        )
+        require(self.clip_norm_lr > 0, "privacy.clip_norm_lr", "must be > 0")
+
+
+@dataclass
 class FedlabConfig:
     """The whole experiment. ``Any`` groups are checked by ``Experiment.from_config``."""
 
@@ -186,6 +260,7 @@ class FedlabConfig:
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     stragglers: StragglersConfig = field(default_factory=StragglersConfig)
     failures: FailuresConfig = field(default_factory=FailuresConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def __post_init__(self) -> None:
         require(self.seed >= 0, "seed", f"must be a non-negative integer, got {self.seed}")

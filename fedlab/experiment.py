@@ -7,6 +7,7 @@ building what it names. Every problem surfaces as one :class:`~fedlab.config.Con
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +76,13 @@ class Experiment:
         build_strategy(cfg.strategy)  # Flower checks its kwargs, fedlab their ranges
         exp = cls(cfg, dataset)
         check_robust_aggregation(cfg.strategy, exp.scheduler().sample_size())
+        if cfg.privacy.mode == "central":
+            from fedlab.privacy import validate_central_dp_strategy
+
+            try:
+                validate_central_dp_strategy(cfg.strategy.name)
+            except ValueError as err:
+                raise ConfigError("privacy", str(err)) from None
         if cfg.stragglers.fraction > 0:
             per_round = exp.scheduler().sample_size()
             require(
@@ -118,6 +126,14 @@ class Experiment:
             self.dataset.client_test_fraction,
         )
 
+    def prepare(self) -> tuple[FederatedData, list[str]]:
+        """Load and partition the data, then settle data-dependent privacy parameters.
+
+        Returns the federation and the warnings to show the user.
+        """
+        fed = self.load_data()
+        return fed, self.plan_privacy(fed)
+
     def train_config(self) -> ConfigRecord:
         """Per-round training settings sent to every client with the global model."""
         c = self.cfg.client
@@ -129,8 +145,53 @@ class Experiment:
             "local-epochs": float(c.local_epochs),
             "batch-size": c.batch_size,
         }
+        privacy = self.cfg.privacy
+        if privacy.mode == "local":
+            config |= {
+                "dp-noise-multiplier": privacy.noise_multiplier,
+                "dp-max-grad-norm": privacy.max_grad_norm,
+                "dp-grad-sample-mode": privacy.grad_sample_mode,
+            }
+        elif privacy.mode == "central":
+            config["equal-weights"] = True
         config.update(self.cfg.strategy.train_config)
         return ConfigRecord(config)
+
+    def plan_privacy(self, fed: FederatedData) -> list[str]:
+        """Settle privacy parameters that depend on the data; returns warnings to show.
+
+        With ``privacy.target_epsilon`` the noise multiplier is chosen here, from each
+        client's planned participation in the seeded schedule, and written back into the
+        config so the record says which noise was used.
+        """
+        from fedlab.privacy import delta_warning, plan_local_noise
+
+        privacy, cfg = self.cfg.privacy, self.cfg
+        if privacy.mode == "none":
+            return []
+        if privacy.mode == "central":
+            warning = delta_warning(privacy.delta, cfg.num_clients, unit="clients")
+            return [warning] if warning else []
+        sizes = [len(idx) for idx in fed.client_train]
+        warning = delta_warning(privacy.delta, min(sizes), unit="records of the smallest client")
+        if privacy.target_epsilon is not None:
+            scheduler = self.scheduler()
+            planned: dict[int, tuple[float, int]] = {}
+            for pid, n in enumerate(sizes):
+                batches = math.ceil(n / cfg.client.batch_size)
+                steps = sum(
+                    max(1, math.ceil(plan.epochs[pid] * batches))
+                    for plan in map(scheduler.plan, range(1, cfg.num_rounds + 1))
+                    if pid in plan.epochs
+                )
+                planned[pid] = (1 / batches, steps)
+            try:
+                privacy.noise_multiplier = plan_local_noise(
+                    privacy.target_epsilon, privacy.delta, planned, privacy.accountant
+                )
+            except ValueError as err:
+                raise ConfigError("privacy.target_epsilon", str(err)) from None
+        return [warning] if warning else []
 
     def describe(self) -> dict[str, Any]:
         """The experiment in a few names, for ``results.json`` and reports."""

@@ -30,6 +30,7 @@ from flwr.serverapp import Grid
 
 from fedlab.client_app import FAIL_KEY
 from fedlab.schedule import RoundPlan, Scheduler
+from fedlab.training import seed_for
 
 log = getLogger(__name__)
 
@@ -116,6 +117,9 @@ class FedlabGrid:
     def view(self, server_round: int, phase: str) -> _PhaseView:
         """The nodes a strategy may sample for ``phase`` ("train" or "evaluate") this round."""
         if phase == "train":
+            # Flower's DP wrappers draw their noise from numpy's global generator: seed it per
+            # round so private runs are reproducible too.
+            np.random.seed(seed_for(self.scheduler.seed, server_round, 5) % 2**32)
             self.tally = RoundTally(server_round, self.scheduler.plan(server_round))
             for pid in self.tally.plan.dropped:
                 self.tally.rows.append(_row(server_round, pid, "train", "dropped"))
@@ -218,12 +222,15 @@ def _check_update(arrays: Any, shapes: dict[str, tuple[int, ...]]) -> str | None
 
 
 _TRAIN_COLUMNS = {
-    "num-examples": "num_examples",
+    "train-examples": "num_examples",
     "local-epochs": "local_epochs",
     "local-steps": "local_steps",
     "train_loss": "train_loss",
     "duration-s": "duration_s",
     "cpu-s": "cpu_s",
+    "dp-noise-multiplier": "dp_noise_multiplier",
+    "dp-sample-rate": "dp_sample_rate",
+    "dp-steps": "dp_steps",
 }
 _EVALUATE_COLUMNS = {
     "num-examples": "num_examples",

@@ -282,8 +282,9 @@ def compute_epsilon(
             f"accountant={accountant!r}"
         )
     validate_delta(delta)
-    return _epsilon_cached(_normalise_history(history), float(delta), accountant, conversion,
-                           float(eps_error))
+    return _epsilon_cached(
+        _normalise_history(history), float(delta), accountant, conversion, float(eps_error)
+    )
 
 
 @functools.lru_cache(maxsize=4096)
@@ -736,9 +737,7 @@ def make_private_training(
         seeded_sample, seeded_noise = _seeded_generators(seed)
         sample_generator = sample_generator or seeded_sample
         noise_generator = noise_generator or seeded_noise
-    global_params = (
-        [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
-    )
+    global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
 
     with warnings.catch_warnings():
         # "Secure RNG turned off": intended, see the docstring.
@@ -819,3 +818,231 @@ def private_training(
         yield session
     finally:
         session.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Run-level privacy: wrapping the strategy for central DP, planning local noise, and the
+# round-by-round ledger the record is written from.
+# ---------------------------------------------------------------------------------------------
+
+
+def central_dp_strategy(
+    strategy: Any, cfg: Any, clients_per_round: int, num_clients: int
+) -> tuple[Any, bool]:
+    """Wrap a Flower strategy in Flower's user-level DP wrapper for ``privacy=central``.
+
+    Returns ``(wrapped, flower_accounted)``. Flower's own RDP accountant is attached where it
+    applies (fixed clipping over FedAvg's own aggregation with equal client weights and no
+    amplification claimed, which matches fedlab's fixed-size client sampling); the ledger
+    accounts every other case with Opacus. ``cfg`` is a :class:`fedlab.config.PrivacyConfig`.
+    """
+    from flwr.serverapp import NeighboringRelation, PrivacyConfig, RdpAccountant, SamplingMethod
+    from flwr.serverapp import strategy as flwr_strategy
+
+    validate_central_dp_strategy(type(strategy).__name__.removeprefix("Scheduled"))
+    z = cfg.noise_multiplier
+    if cfg.clipping == "adaptive":
+        cls = (
+            flwr_strategy.DifferentialPrivacyServerSideAdaptiveClipping
+            if cfg.clip_at == "server"
+            else flwr_strategy.DifferentialPrivacyClientSideAdaptiveClipping
+        )
+        # Flower's default count noise (m/20) cannot carry a z above m/10 (Andrew et al.'s
+        # split needs z < 2 * sigma_b); take at least z so the update noise grows <= 15%.
+        sigma_b = cfg.clipped_count_stddev
+        if sigma_b is None and z > 0:
+            sigma_b = max(clients_per_round / 20, z)
+        wrapped = cls(
+            strategy,
+            noise_multiplier=z,
+            num_sampled_clients=clients_per_round,
+            initial_clipping_norm=cfg.initial_clipping_norm,
+            target_clipped_quantile=cfg.target_clipped_quantile,
+            clip_norm_lr=cfg.clip_norm_lr,
+            clipped_count_stddev=sigma_b,
+        )
+        return wrapped, False
+    cls = (
+        flwr_strategy.DifferentialPrivacyServerSideFixedClipping
+        if cfg.clip_at == "server"
+        else flwr_strategy.DifferentialPrivacyClientSideFixedClipping
+    )
+    fedavg_aggregation = isinstance(strategy, flwr_strategy.FedAvg) and (
+        type(strategy).aggregate_train is flwr_strategy.FedAvg.aggregate_train
+    )
+    accountant = None
+    if fedavg_aggregation and z > 0:
+        accountant = RdpAccountant(
+            PrivacyConfig(
+                target_delta=cfg.delta,
+                population_size=num_clients,
+                neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+                sampling_method=SamplingMethod.NO_AMPLIFICATION,
+            )
+        )
+    wrapped = cls(
+        strategy,
+        noise_multiplier=z,
+        clipping_norm=cfg.max_grad_norm,
+        num_sampled_clients=clients_per_round,
+        accountant=accountant,
+    )
+    return wrapped, accountant is not None
+
+
+def plan_local_noise(
+    target_epsilon: float,
+    delta: float,
+    planned: Mapping[int, tuple[float, int]],
+    accountant: str = "rdp",
+) -> float:
+    """The smallest noise multiplier that keeps every client within ``target_epsilon``.
+
+    ``planned`` maps each client to its (sample_rate, total noisy steps) over the run as the
+    seeded schedule plans it. Epsilon falls as noise grows, so the noise the most exposed
+    client needs suffices for all of them.
+    """
+    return max(
+        noise_for_target_epsilon(target_epsilon, delta, q, steps, accountant)
+        for q, steps in planned.values()
+        if steps > 0
+    )
+
+
+class PrivacyLedger:
+    """Epsilon of a run, round by round, from what the clients and the server actually did.
+
+    * local DP: each client's reported (noise, sample rate, steps) is composed into that
+      client's own Opacus accountant (:class:`ClientAccountants`); the run's epsilon is the
+      largest over clients.
+    * central DP: one Gaussian release per round on the clients' updates. A round where only
+      n of the m planned clients were aggregated gives the mean a sensitivity of C/n while
+      the noise was sized for C/m, so its effective noise multiplier is z * n / m. Flower's
+      accountant (when attached) assumes every round full; when a round is not, fedlab
+      accounts the whole run with Opacus at the effective multipliers, and says so.
+    """
+
+    def __init__(self, cfg: Any, num_clients: int, clients_per_round: int) -> None:
+        self.cfg = cfg
+        self.num_clients = num_clients
+        self.clients_per_round = clients_per_round
+        self.clients = ClientAccountants(cfg.accountant)
+        self.releases: list[tuple[float, int]] = []  # central: (effective z, aggregated)
+        self.flower_strategy: Any = None
+        self.epsilon: float | None = None
+
+    @property
+    def flower_accounted(self) -> bool:
+        """Whether Flower's accountant gives the run's epsilon (central, every round full)."""
+        return (
+            self.flower_strategy is not None
+            and getattr(self.flower_strategy, "accountant", None) is not None
+            and all(n == self.clients_per_round for _, n in self.releases)
+        )
+
+    def after_round(self, rows: Sequence[Mapping[str, Any]]) -> dict[int, float]:
+        """Compose one round's releases; returns each trained client's epsilon (local DP)."""
+        cfg = self.cfg
+        trained = [r for r in rows if r["phase"] == "train" and r.get("dp_steps")]
+        if cfg.mode == "local":
+            for r in trained:
+                self.clients.record(
+                    r["client"], r["dp_noise_multiplier"], r["dp_sample_rate"], int(r["dp_steps"])
+                )
+            per_client = {
+                r["client"]: self.clients.epsilon(r["client"], cfg.delta, cfg.conversion)
+                for r in trained
+            }
+            self.epsilon = (
+                self.clients.max_epsilon(cfg.delta, cfg.conversion) if len(self.clients) else 0.0
+            )
+            return per_client
+        aggregated = sum(1 for r in rows if r["phase"] == "train" and r["status"] == "ok")
+        if aggregated:
+            z_eff = cfg.noise_multiplier * aggregated / self.clients_per_round
+            self.releases.append((z_eff, aggregated))
+        self.epsilon = self._central_epsilon()
+        return {}
+
+    def _central_epsilon(self) -> float:
+        if not self.releases:
+            return 0.0
+        if self.flower_accounted:
+            return float(self.flower_strategy.privacy_spent().epsilon)
+        history = [(z, 1.0, 1) for z, _ in self.releases]  # no amplification: q = 1
+        return compute_epsilon(history, self.cfg.delta, self.cfg.accountant, self.cfg.conversion)
+
+    def accountant_name(self) -> str:
+        """Which accountant produced the epsilon, in words."""
+        cfg = self.cfg
+        opacus = f"Opacus {cfg.accountant.upper()} ({cfg.conversion} conversion)"
+        if cfg.mode == "local":
+            return f"{opacus}, one per client, Poisson sampling of records"
+        if self.flower_accounted:
+            return "Flower RdpAccountant (dp-accounting), no amplification"
+        return f"{opacus}, no amplification, effective noise per round"
+
+    def guarantee(self) -> str:
+        """The guarantee in one line of plain words."""
+        cfg = self.cfg
+        eps = "inf" if self.epsilon is None or math.isinf(self.epsilon) else f"{self.epsilon:.3g}"
+        if cfg.mode == "local":
+            return (
+                f"(epsilon={eps}, delta={cfg.delta:g}) record-level DP for every client's "
+                f"examples (DP-SGD, noise {cfg.noise_multiplier:.3g}, clip "
+                f"{cfg.max_grad_norm:g}; {self.accountant_name()})"
+            )
+        clip = f"clip {cfg.max_grad_norm:g}" if cfg.clipping == "fixed" else "adaptive clipping"
+        return (
+            f"(epsilon={eps}, delta={cfg.delta:g}) user-level DP for each client's whole "
+            f"dataset (DP-FedAvg, noise {cfg.noise_multiplier:.3g}, {clip}; "
+            f"{self.accountant_name()})"
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """The ``privacy`` section of ``results.json``."""
+        cfg = self.cfg
+        section: dict[str, Any] = {
+            "mode": cfg.mode,
+            "unit": "record" if cfg.mode == "local" else "user",
+            "epsilon": self.epsilon,
+            "delta": cfg.delta,
+            "accountant": self.accountant_name(),
+            "noise_multiplier": cfg.noise_multiplier,
+            "max_grad_norm": cfg.max_grad_norm if cfg.clipping == "fixed" else None,
+            "guarantee": self.guarantee(),
+        }
+        if cfg.mode == "local":
+            rates = [q for cid in self.clients.client_ids for _, q, _ in self.clients.history(cid)]
+            section |= {
+                "target_epsilon": cfg.target_epsilon,
+                "grad_sample_mode": cfg.grad_sample_mode,
+                "sample_rate_min": min(rates, default=None),
+                "sample_rate_max": max(rates, default=None),
+                "client_epsilons": self.clients.epsilons(cfg.delta, cfg.conversion),
+            }
+        else:
+            section |= {
+                "clipping": cfg.clipping,
+                "clip_at": cfg.clip_at,
+                "client_sampling": "fixed-size without replacement",
+                "client_sampling_rate": self.clients_per_round / self.num_clients,
+                "amplification": False,
+                "releases": len(self.releases),
+                "effective_noise_multipliers": [z for z, _ in self.releases],
+            }
+        return section
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able state (for checkpoints)."""
+        return {
+            "clients": self.clients.state_dict(),
+            "releases": list(self.releases),
+            "epsilon": self.epsilon,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.clients.load_state_dict(state["clients"])
+        self.releases = [(float(z), int(n)) for z, n in state["releases"]]
+        self.epsilon = state["epsilon"]

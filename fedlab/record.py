@@ -49,6 +49,7 @@ ROUND_COLUMNS = [
     "bytes_up",
     "duration_s",
     "elapsed_s",
+    "epsilon",
 ]
 CLIENT_COLUMNS = [
     "round",
@@ -66,6 +67,10 @@ CLIENT_COLUMNS = [
     "bytes_down",
     "bytes_up",
     "error",
+    "dp_noise_multiplier",
+    "dp_sample_rate",
+    "dp_steps",
+    "epsilon",
 ]
 
 

@@ -52,7 +52,7 @@ def run_experiment(raw: DictConfig, run_dir: Path, overrides: list[str] | None =
             "hydra.run.dir",
             f"{run_dir} already holds a run record (status: {status}); choose a new directory",
         )
-    fed = exp.load_data()
+    fed, privacy_warnings = exp.prepare()
     try:
         build_model(exp.cfg.model, fed.input_shape, fed.num_classes)
     except Exception as err:  # the model's constructor is the check of its settings
@@ -91,6 +91,8 @@ def run_experiment(raw: DictConfig, run_dir: Path, overrides: list[str] | None =
         },
     )
     plot_label_distribution(fed, run_dir / "partition.png")
+    for warning in privacy_warnings:
+        log.warning("fedlab: warning: %s", warning)
     log.info(
         "fedlab: %s | %s on %s, %d clients (%d per round), %d rounds -> %s",
         exp.cfg.strategy.name,
@@ -106,8 +108,14 @@ def run_experiment(raw: DictConfig, run_dir: Path, overrides: list[str] | None =
         with tempfile.TemporaryDirectory(prefix="fedlab-") as tmp:
             data_path = Path(tmp) / "federation.npz"
             fed.save(data_path)
+            privacy = exp.cfg.privacy
+            client_clips = privacy.mode == "central" and privacy.clip_at == "client"
             spec = ClientSpec(
-                str(data_path), dict(exp.cfg.model), exp.cfg.seed, exp.cfg.simulation.torch_threads
+                str(data_path),
+                dict(exp.cfg.model),
+                exp.cfg.seed,
+                exp.cfg.simulation.torch_threads,
+                privacy.clipping if client_clips else None,
             )
             simulate(
                 build_server_app(exp, fed, record),
@@ -138,4 +146,6 @@ def run_experiment(raw: DictConfig, run_dir: Path, overrides: list[str] | None =
         results["loss"],
         run_dir,
     )
+    if results["privacy"].get("guarantee"):
+        log.info("fedlab: privacy: %s", results["privacy"]["guarantee"])
     return results

@@ -52,6 +52,11 @@ class Scheduler:
         wanted = max(self.min_train_clients, int(self.num_clients * self.fraction_train), 1)
         return min(wanted, self.num_clients)
 
+    def trained_per_round(self) -> int:
+        """Clients sent a training message each round (sampled minus dropped stragglers)."""
+        n = self.sample_size()
+        return round(n * (1 - self.straggler_fraction)) if self.straggler_policy == "drop" else n
+
     def plan(self, server_round: int) -> RoundPlan:
         """The schedule of ``server_round`` (1-based)."""
         rng = self._rng(server_round, _SAMPLE)

@@ -13,6 +13,7 @@ from fedlab.experiment import Experiment
 from fedlab.grid import FedlabGrid, RoundTally
 from fedlab.model import build_model
 from fedlab.partition import FederatedData
+from fedlab.privacy import PrivacyLedger, central_dp_strategy
 from fedlab.record import RunRecord
 from fedlab.strategy import build_strategy
 from fedlab.training import evaluate, seed_for
@@ -27,8 +28,16 @@ class RoundCloser:
     its clients' rows to the record and prints the progress line.
     """
 
-    def __init__(self, exp: Experiment, fed: FederatedData, grid: FedlabGrid, record: RunRecord):
+    def __init__(
+        self,
+        exp: Experiment,
+        fed: FederatedData,
+        grid: FedlabGrid,
+        record: RunRecord,
+        privacy: PrivacyLedger | None,
+    ) -> None:
         self.exp, self.fed, self.grid, self.record = exp, fed, grid, record
+        self.privacy = privacy
         self.model = build_model(exp.cfg.model, fed.input_shape, fed.num_classes)
         self.started = time.perf_counter()
 
@@ -37,6 +46,14 @@ class RoundCloser:
         loss, accuracy = evaluate(self.model, self.fed.test)
         tally = self.grid.tally if server_round > 0 else None
         row = round_row(server_round, loss, accuracy, tally, time.perf_counter() - self.started)
+        extra: dict = {}
+        if self.privacy is not None:
+            per_client = self.privacy.after_round(tally.rows) if tally else {}
+            for client_row in tally.rows if tally else []:
+                if client_row["phase"] == "train" and client_row["client"] in per_client:
+                    client_row["epsilon"] = per_client[client_row["client"]]
+            row["epsilon"] = self.privacy.epsilon if tally else 0.0
+            extra["privacy"] = self.privacy.summary()
         self.record.add_round(row, tally.rows if tally else [])
         totals = {
             k: sum(r.get(k) or 0 for r in self.record.rounds) for k in ("bytes_down", "bytes_up")
@@ -48,12 +65,15 @@ class RoundCloser:
             federated_accuracy=row["federated_accuracy"],
             federated_loss=row["federated_loss"],
             communication={"bytes_down": totals["bytes_down"], "bytes_up": totals["bytes_up"]},
+            **extra,
         )
         clients = (
             f"{row['clients_succeeded']}/{row['clients_trained']} trained"
             if tally
             else "initial model"
         )
+        if self.privacy is not None and tally:
+            clients += f" | eps {self.privacy.epsilon:.3g}"
         log.info(
             "round %3d/%d | acc %.4f | loss %.4f | fed acc %s | %s | %.1f s",
             server_round,
@@ -111,14 +131,22 @@ def run_server(grid: Grid, exp: Experiment, fed: FederatedData, record: RunRecor
     torch.manual_seed(seed_for(cfg.seed, 0))  # the initial global model
     model = build_model(cfg.model, fed.input_shape, fed.num_classes)
     initial = ArrayRecord(model.state_dict())
-    result = build_strategy(cfg.strategy).start(
+    strategy = build_strategy(cfg.strategy)
+    privacy = None
+    if cfg.privacy.mode != "none":
+        per_round = exp.scheduler().trained_per_round()
+        privacy = PrivacyLedger(cfg.privacy, cfg.num_clients, per_round)
+        if cfg.privacy.mode == "central":
+            strategy, _ = central_dp_strategy(strategy, cfg.privacy, per_round, cfg.num_clients)
+            privacy.flower_strategy = strategy
+    result = strategy.start(
         grid=fedlab_grid,
         initial_arrays=initial,
         num_rounds=cfg.num_rounds,
         timeout=cfg.simulation.round_timeout_s,
         train_config=exp.train_config(),
         evaluate_config=ConfigRecord(),
-        evaluate_fn=RoundCloser(exp, fed, fedlab_grid, record),
+        evaluate_fn=RoundCloser(exp, fed, fedlab_grid, record, privacy),
     )
     final = result.arrays if len(result.arrays) else initial
     record.save_model(final.to_torch_state_dict())

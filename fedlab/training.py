@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -105,3 +106,56 @@ def evaluate(model: nn.Module, data: ArraySplit, batch_size: int = 1024) -> tupl
         loss_sum += nn.functional.cross_entropy(logits, target, reduction="sum").item()
         correct += int((logits.argmax(dim=1) == target).sum())
     return loss_sum / len(y), correct / len(y)
+
+
+def train_private(
+    model: nn.Module,
+    data: ArraySplit,
+    *,
+    epochs: float,
+    batch_size: int,
+    optimizer: torch.optim.Optimizer,
+    seed: int,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    grad_sample_mode: str,
+    proximal_mu: float = 0.0,
+) -> tuple[TrainResult, Any]:
+    """Local DP-SGD (Opacus, Poisson batches) for ``epochs``; also returns the DP report.
+
+    Every Poisson batch, empty ones included, is one noisy step: that is what the accountant
+    counts. FedProx's proximal gradient is added after the noise (see
+    :func:`fedlab.privacy.make_private_training`).
+    """
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from fedlab.privacy import private_training
+
+    loader = DataLoader(
+        TensorDataset(torch.from_numpy(data.x), torch.from_numpy(data.y)), batch_size=batch_size
+    )
+    steps = max(1, math.ceil(epochs * len(loader)))
+    total, seen, taken = 0.0, 0, 0
+    with private_training(
+        model,
+        optimizer,
+        loader,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        grad_sample_mode=grad_sample_mode,
+        seed=seed,
+        proximal_mu=proximal_mu,
+    ) as dp:
+        model.train()
+        while taken < steps:
+            for x, y in dp.data_loader:
+                loss = dp.fit_batch(x, y)
+                if loss is not None:
+                    total += loss * len(y)
+                    seen += len(y)
+                taken += 1
+                if taken == steps:
+                    break
+    return TrainResult(
+        loss=total / seen if seen else math.nan, steps=taken, examples=seen
+    ), dp.report()

@@ -11,6 +11,14 @@ from omegaconf import DictConfig
 from fedlab.config import register_configs
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _quiet_flower() -> None:
+    """Flower's INFO chatter (strategy summaries) as fedlab-run shows it: not at all."""
+    from fedlab.console import setup_logging
+
+    setup_logging()
+
+
 @pytest.fixture(scope="session")
 def compose_cfg() -> Callable[..., DictConfig]:
     """``compose_cfg("strategy=fedprox", ...)`` -> the composed config, as fedlab-run sees it."""
@@ -45,9 +53,11 @@ class InProcessGrid:
         node_ids = 1000 + 7 * np.random.default_rng(0).permutation(num_clients)
         self.contexts = {
             int(node): Context(
-                run_id=1, node_id=int(node),
+                run_id=1,
+                node_id=int(node),
                 node_config={"partition-id": pid, "num-partitions": num_clients},
-                state=RecordDict(), run_config={},
+                state=RecordDict(),
+                run_config={},
             )
             for pid, node in enumerate(node_ids)
         }
@@ -82,12 +92,16 @@ def run_inprocess(compose_cfg, tmp_path):
 
     def _run(*overrides: str, app_override=None, run_dir=None, reverse=True):
         exp = Experiment.from_config(compose_cfg(*overrides))
-        fed = exp.load_data()
+        fed, _ = exp.prepare()
         path = tmp_path / f"fed-{len(list(tmp_path.iterdir()))}.npz"
         fed.save(path)
         spec = ClientSpec(str(path), dict(exp.cfg.model), exp.cfg.seed, 1)
-        grid = InProcessGrid(build_client_app(spec), exp.cfg.num_clients,
-                             {k: v(spec) for k, v in (app_override or {}).items()}, reverse)
+        grid = InProcessGrid(
+            build_client_app(spec),
+            exp.cfg.num_clients,
+            {k: v(spec) for k, v in (app_override or {}).items()},
+            reverse,
+        )
         record = RunRecord(run_dir or tmp_path / f"run-{len(list(tmp_path.iterdir()))}")
         record.start("{}", {"rounds_completed": 0})
         run_server(grid, exp, fed, record)

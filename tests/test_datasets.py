@@ -15,7 +15,7 @@ def test_digits_shapes_and_split() -> None:
     assert data.pool.x.shape[1:] == (1, 8, 8) and data.num_classes == 10
     assert len(data.pool) + len(data.test) == 1797
     assert len(data.test) == pytest.approx(0.2 * 1797, abs=1)
-    assert 0.0 <= data.pool.x.min() and data.pool.x.max() <= 1.0
+    assert data.pool.x.min() >= 0.0 and data.pool.x.max() <= 1.0
     # stratified: every class in the test split, in about its overall share
     counts = np.bincount(data.test.y, minlength=10)
     assert counts.min() >= 30
@@ -46,8 +46,9 @@ def test_synthetic_follows_the_fedprox_recipe() -> None:
 
 
 def test_synthetic_iid_features_have_the_published_covariance() -> None:
-    x = np.concatenate([x for x, _ in Synthetic(alpha=0, beta=0, iid=True, num_users=30)
-                        .generate(seed=0)])
+    x = np.concatenate(
+        [x for x, _ in Synthetic(alpha=0, beta=0, iid=True, num_users=30).generate(seed=0)]
+    )
     assert np.allclose(x.mean(axis=0), 0, atol=0.05)
     expected = np.arange(1, 61) ** -1.2  # diag(j^-1.2)
     assert np.allclose(x.var(axis=0), expected, rtol=0.1)
@@ -74,17 +75,32 @@ def test_huggingface_loader_on_local_parquet(tmp_path) -> None:
     import datasets
 
     rng = np.random.default_rng(0)
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64"),
-                                  "writer": datasets.Value("string")})
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "label": datasets.Value("int64"),
+            "writer": datasets.Value("string"),
+        }
+    )
     for split, n in (("train", 40), ("test", 10)):
         images = [rng.integers(0, 256, (6, 6), dtype=np.uint8) for _ in range(n)]
         table = datasets.Dataset.from_dict(
-            {"image": images, "label": rng.integers(0, 3, n).tolist(),
-             "writer": [f"w{i % 4}" for i in range(n)]}, features=features)
+            {
+                "image": images,
+                "label": rng.integers(0, 3, n).tolist(),
+                "writer": [f"w{i % 4}" for i in range(n)],
+            },
+            features=features,
+        )
         table.to_parquet(str(tmp_path / f"{split}.parquet"))
-    spec = HuggingFace(path="parquet", data_files={"train": str(tmp_path / "train.parquet"),
-                                                   "test": str(tmp_path / "test.parquet")},
-                       user_column="writer")
+    spec = HuggingFace(
+        path="parquet",
+        data_files={
+            "train": str(tmp_path / "train.parquet"),
+            "test": str(tmp_path / "test.parquet"),
+        },
+        user_column="writer",
+    )
     data = spec.load(seed=0)
     assert data.pool.x.shape == (40, 1, 6, 6) and data.test.x.shape == (10, 1, 6, 6)
     assert data.pool.x.max() <= 1.0 and data.num_classes == 3

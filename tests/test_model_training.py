@@ -23,7 +23,10 @@ def test_models_fit_shapes_and_opacus(cls, shape) -> None:
 def test_build_model_from_config_dict() -> None:
     model = build_model({"_target_": "fedlab.model.MLP", "hidden": [32, 16]}, (60,), 10)
     assert [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)] == [
-        32, 16, 10]
+        32,
+        16,
+        10,
+    ]
 
 
 def test_cnn_rejects_flat_input() -> None:
@@ -54,8 +57,15 @@ def test_fedprox_term_matches_a_hand_computation() -> None:
     w0 = model.linear.weight.detach().numpy().astype(np.float64).copy()
     b0 = model.linear.bias.detach().numpy().astype(np.float64).copy()
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    result = train(model, data, epochs=3, batch_size=len(data), optimizer=opt,
-                   generator=torch.Generator().manual_seed(0), proximal_mu=2.0)
+    result = train(
+        model,
+        data,
+        epochs=3,
+        batch_size=len(data),
+        optimizer=opt,
+        generator=torch.Generator().manual_seed(0),
+        proximal_mu=2.0,
+    )
     w, b = w0, b0
     for _ in range(3):
         w, b = _numpy_step(w, b, w0, b0, data.x.astype(np.float64), data.y, 0.5, 2.0)
@@ -68,8 +78,14 @@ def test_partial_epochs_take_proportional_steps() -> None:
     data = _toy(n=100)
     model = MLP((5,), 2, hidden=[8])
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    result = train(model, data, epochs=0.5, batch_size=10, optimizer=opt,
-                   generator=torch.Generator().manual_seed(0))
+    result = train(
+        model,
+        data,
+        epochs=0.5,
+        batch_size=10,
+        optimizer=opt,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert result.steps == 5
 
 

@@ -18,12 +18,15 @@ def _split(spec: dict, n: int = 10, data=DIGITS, test_fraction: float = 0.2) -> 
     return partition(data, spec, n, seed=0, client_test_fraction=test_fraction)
 
 
-@pytest.mark.parametrize("spec", [
-    {"_target_": P + "IidPartitioner"},
-    {"_target_": P + "DirichletPartitioner", "alpha": 0.5, "min_partition_size": 10},
-    {"_target_": P + "PathologicalPartitioner", "num_classes_per_partition": 2},
-    {"_target_": P + "ShardPartitioner", "num_shards_per_partition": 2},
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"_target_": P + "IidPartitioner"},
+        {"_target_": P + "DirichletPartitioner", "alpha": 0.5, "min_partition_size": 10},
+        {"_target_": P + "PathologicalPartitioner", "num_classes_per_partition": 2},
+        {"_target_": P + "ShardPartitioner", "num_shards_per_partition": 2},
+    ],
+)
 def test_partitions_are_disjoint_and_nonempty(spec: dict) -> None:
     fed = _split(spec)
     rows = np.concatenate([*fed.client_train, *fed.client_test])
@@ -47,8 +50,9 @@ def test_pathological_limits_classes_per_client() -> None:
 
 def test_dirichlet_alpha_controls_skew() -> None:
     def skew(alpha: float) -> float:
-        counts = _split({"_target_": P + "DirichletPartitioner", "alpha": alpha,
-                         "min_partition_size": 0}).label_counts()
+        counts = _split(
+            {"_target_": P + "DirichletPartitioner", "alpha": alpha, "min_partition_size": 0}
+        ).label_counts()
         shares = counts / counts.sum(axis=1, keepdims=True)
         return float(shares.max(axis=1).mean())
 
@@ -70,16 +74,25 @@ def test_client_test_split_fraction() -> None:
 
 
 @pytest.mark.filterwarnings("ignore:The specified min_partition_size")
-@pytest.mark.parametrize(("spec", "n", "key"), [
-    ({"_target_": P + "IidPartitioner"}, 5000, "num_clients"),
-    ({"_target_": P + "DirichletPartitioner", "alpha": 0.0}, 10, "partition.alpha"),
-    ({"_target_": P + "DirichletPartitioner", "alpha": -1}, 10, "partition.alpha"),
-    ({"_target_": P + "NaturalIdPartitioner", "partition_by": "user"}, 10, "partition"),
-    ({"_target_": P + "PathologicalPartitioner", "num_classes_per_partition": 0}, 10,
-     "partition.num_classes_per_partition"),
-    ({"_target_": P + "DirichletPartitioner", "alpha": 0.5, "min_partition_size": 500}, 10,
-     "partition"),
-])
+@pytest.mark.parametrize(
+    ("spec", "n", "key"),
+    [
+        ({"_target_": P + "IidPartitioner"}, 5000, "num_clients"),
+        ({"_target_": P + "DirichletPartitioner", "alpha": 0.0}, 10, "partition.alpha"),
+        ({"_target_": P + "DirichletPartitioner", "alpha": -1}, 10, "partition.alpha"),
+        ({"_target_": P + "NaturalIdPartitioner", "partition_by": "user"}, 10, "partition"),
+        (
+            {"_target_": P + "PathologicalPartitioner", "num_classes_per_partition": 0},
+            10,
+            "partition.num_classes_per_partition",
+        ),
+        (
+            {"_target_": P + "DirichletPartitioner", "alpha": 0.5, "min_partition_size": 500},
+            10,
+            "partition",
+        ),
+    ],
+)
 def test_impossible_partitions_are_config_errors(spec: dict, n: int, key: str) -> None:
     with pytest.raises(ConfigError) as err:
         _split(spec, n)
@@ -87,9 +100,12 @@ def test_impossible_partitions_are_config_errors(spec: dict, n: int, key: str) -
 
 
 def test_natural_needs_num_clients_equal_to_users() -> None:
-    with pytest.raises(ConfigError, match="num_clients: .* has 12 users; set num_clients=12"):
-        _split({"_target_": P + "NaturalIdPartitioner", "partition_by": "user"}, 10,
-               Synthetic(num_users=12).load(seed=0))
+    with pytest.raises(ConfigError, match=r"num_clients: .* has 12 users; set num_clients=12"):
+        _split(
+            {"_target_": P + "NaturalIdPartitioner", "partition_by": "user"},
+            10,
+            Synthetic(num_users=12).load(seed=0),
+        )
 
 
 def test_save_load_round_trip_and_plot(tmp_path) -> None:

@@ -18,8 +18,20 @@ from fedlab.record import load_model, read_csv
 from fedlab.schedule import Scheduler
 
 SMALL = ("num_clients=4", "num_rounds=3", "model.hidden=[16]", "partition=iid")
-STRATEGIES = ["fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm", "qfedavg",
-              "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan"]
+STRATEGIES = [
+    "fedavg",
+    "fedprox",
+    "fedadam",
+    "fedyogi",
+    "fedadagrad",
+    "fedavgm",
+    "qfedavg",
+    "fedmedian",
+    "fedtrimmedavg",
+    "krum",
+    "multikrum",
+    "bulyan",
+]
 
 
 def _serialized_bytes(exp, fed) -> int:
@@ -73,9 +85,16 @@ def test_same_config_same_result_whatever_the_reply_order(run_inprocess) -> None
 
 
 def test_stragglers_and_failures_follow_the_seeded_schedule(run_inprocess) -> None:
-    overrides = ("num_clients=10", "num_rounds=3", "model.hidden=[16]", "partition=iid",
-                 "strategy=fedprox", "client.local_epochs=4", "stragglers.fraction=0.5",
-                 "failures.rate=0.3")
+    overrides = (
+        "num_clients=10",
+        "num_rounds=3",
+        "model.hidden=[16]",
+        "partition=iid",
+        "strategy=fedprox",
+        "client.local_epochs=4",
+        "stragglers.fraction=0.5",
+        "failures.rate=0.3",
+    )
     exp, _, record, _ = run_inprocess(*overrides)
     rows = read_csv(record.dir / "clients.csv")
     rounds = read_csv(record.dir / "rounds.csv")[1:]
@@ -97,8 +116,13 @@ def test_stragglers_and_failures_follow_the_seeded_schedule(run_inprocess) -> No
 
 
 def test_fedavg_drops_stragglers(run_inprocess) -> None:
-    _, _, record, grid = run_inprocess("num_clients=10", "num_rounds=2", "model.hidden=[16]",
-                                       "partition=iid", "stragglers.fraction=0.3")
+    _, _, record, grid = run_inprocess(
+        "num_clients=10",
+        "num_rounds=2",
+        "model.hidden=[16]",
+        "partition=iid",
+        "stragglers.fraction=0.3",
+    )
     rows = [r for r in read_csv(record.dir / "clients.csv") if r["phase"] == "train"]
     dropped = [r for r in rows if r["status"] == "dropped"]
     assert len(dropped) == 2 * (10 - round(10 * 0.7))
@@ -124,8 +148,9 @@ def _bad_app(kind: str):
             elif kind == "raise":
                 raise ValueError("client bug")
             metrics = MetricRecord({"num-examples": 10, "train_loss": 1.0})
-            return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}),
-                           reply_to=msg)
+            return Message(
+                RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), reply_to=msg
+            )
 
         return app
 
@@ -134,7 +159,8 @@ def _bad_app(kind: str):
 
 def test_malformed_updates_are_failures_and_left_out(run_inprocess) -> None:
     _, _, record, _ = run_inprocess(
-        *SMALL, "dataset.client_test_fraction=0",
+        *SMALL,
+        "dataset.client_test_fraction=0",
         app_override={1: _bad_app("nan"), 2: _bad_app("shape"), 3: _bad_app("raise")},
     )
     rows = {int(r["client"]): r for r in read_csv(record.dir / "clients.csv") if r["round"] == "1"}
@@ -149,8 +175,13 @@ def test_malformed_updates_are_failures_and_left_out(run_inprocess) -> None:
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_every_strategy_trains(run_inprocess, strategy: str) -> None:
-    _, _, record, _ = run_inprocess(f"strategy={strategy}", "num_clients=7", "num_rounds=2",
-                                    "model.hidden=[16]", "partition=iid")
+    _, _, record, _ = run_inprocess(
+        f"strategy={strategy}",
+        "num_clients=7",
+        "num_rounds=2",
+        "model.hidden=[16]",
+        "partition=iid",
+    )
     rounds = read_csv(record.dir / "rounds.csv")
     assert int(rounds[-1]["clients_succeeded"]) == 7
     assert np.isfinite(record.results["loss"])
@@ -158,8 +189,16 @@ def test_every_strategy_trains(run_inprocess, strategy: str) -> None:
 
 
 def test_scheduler_is_shared_by_strategies() -> None:
-    common = dict(seed=3, num_clients=30, fraction_train=0.34, min_train_clients=1,
-                  fraction_evaluate=0.0, local_epochs=20, straggler_fraction=0.5, failure_rate=0.0)
+    common = dict(
+        seed=3,
+        num_clients=30,
+        fraction_train=0.34,
+        min_train_clients=1,
+        fraction_evaluate=0.0,
+        local_epochs=20,
+        straggler_fraction=0.5,
+        failure_rate=0.0,
+    )
     drop = Scheduler(straggler_policy="drop", **common)
     partial = Scheduler(straggler_policy="partial", **common)
     for r in range(1, 6):
