@@ -1220,3 +1220,165 @@ class CarbonLedger:
                 raise ValueError(f"ledger state does not match this run's {key}")
         self.round_rows = [dict(r) for r in state["round_rows"]]
         self.client_rows = [dict(r) for r in state["client_rows"]]
+
+
+# --------------------------------------------------------------------------------------
+# One run's carbon accounting, as the server drives it round by round
+# --------------------------------------------------------------------------------------
+
+
+def assign_links(
+    num_clients: int, links: Mapping[Any, Any] | str, network: NetworkModel
+) -> list[str]:
+    """Each client's network link: one link for all, or ``{client_id: link, "default": link}``."""
+    if isinstance(links, str):
+        return [network.check_link(links)] * num_clients
+    default = links.get("default")
+    out = []
+    for cid in range(num_clients):
+        link = links.get(cid, links.get(str(cid), default))
+        if link is None:
+            raise ValueError(f"no link for client {cid}: list it or give a 'default'")
+        out.append(network.check_link(link))
+    return out
+
+
+class RunCarbon:
+    """Carbon accounting of one run: host measurement per round plus the ledger.
+
+    The server calls :meth:`start_round` when a round begins and :meth:`end_round` with the
+    round's client rows when it ends; :meth:`stop` closes the tracker (so its total covers
+    the whole run, start-up included) and :meth:`summary` gives the record's ``carbon``
+    section. ``cfg`` is a :class:`fedlab.config.CarbonConfig`.
+    """
+
+    def __init__(self, cfg: Any, run_dir: Path, num_clients: int, seed: int) -> None:
+        network = NetworkModel.from_config(cfg.network)
+        regions = assign_regions(num_clients, cfg.regions or cfg.country, seed)
+        profile = None
+        if cfg.intensity_profile:
+            profile = IntensityProfile.from_csv(cfg.intensity_profile)
+        self.ledger = CarbonLedger(
+            regions, cfg.country, network, assign_links(num_clients, cfg.links, network), profile
+        )
+        self.tracker = HostTracker(
+            run_dir,
+            cfg.country,
+            measure_power_secs=cfg.measure_power_secs,
+            tracking_mode=cfg.tracking_mode,
+            force_cpu_power=cfg.force_cpu_power,
+            force_ram_power=cfg.force_ram_power,
+            pue=cfg.pue,
+        )
+        self._started = time.monotonic()
+        self._round: contextlib.ExitStack | None = None
+        self._measurement: RoundMeasurement | None = None
+        self._server_cpu0 = 0.0
+
+    def start_round(self, server_round: int) -> None:
+        """Begin measuring ``server_round`` (a CodeCarbon task)."""
+        self._round = contextlib.ExitStack()
+        self._measurement = self._round.enter_context(self.tracker.round(f"round_{server_round}"))
+        self._server_cpu0 = time.process_time()
+
+    def end_round(
+        self, server_round: int, rows: Sequence[Mapping[str, Any]]
+    ) -> tuple[dict[str, float], dict[int, dict[str, Any]]]:
+        """Close the round; returns its ``rounds.csv`` columns and per-client columns.
+
+        ``rows`` are the round's ``clients.csv`` rows: each client's reported CPU seconds
+        (train and evaluate) and the bytes it moved.
+        """
+        server_cpu_s = time.process_time() - self._server_cpu0
+        assert self._round is not None, "end_round without start_round"
+        self._round.close()
+        self._round = None
+        cpu: dict[int, float] = {}
+        moved: dict[int, tuple[int, int]] = {}
+        for r in rows:
+            cid = int(r["client"])
+            cpu[cid] = cpu.get(cid, 0.0) + float(r.get("cpu_s") or 0.0)
+            down, up = moved.get(cid, (0, 0))
+            moved[cid] = (down + int(r.get("bytes_down") or 0), up + int(r.get("bytes_up") or 0))
+        row = self.ledger.record_round(
+            server_round,
+            sim_time_s=time.monotonic() - self._started,
+            client_cpu_s=cpu,
+            bytes_by_client=moved,
+            host=self._measurement,
+            power=self.tracker.power_model,
+            server_cpu_s=server_cpu_s,
+        )
+        clients = {
+            c["client_id"]: {
+                "region": c["region"],
+                "energy_kwh": c["compute_kwh"] + c["comm_kwh"],
+                "emissions_kg": c["compute_kg"] + c["comm_kg"],
+            }
+            for c in self.ledger.client_rows
+            if c["round"] == server_round
+        }
+        columns = {
+            "energy_kwh": row["host_kwh"] + row["comm_kwh"],
+            "emissions_kg": row["host_kg"] + row["comm_kg"],
+            "compute_kg": math.fsum(c["compute_kg"] for c in self.ledger.client_rows
+                                    if c["round"] == server_round),
+            "communication_kg": row["comm_kg"],
+        }
+        return columns, clients
+
+    def stop(self) -> RunEnergy:
+        """Stop measuring (closing a round left open by a failure); idempotent."""
+        if self._round is not None:
+            self._round.close()
+            self._round = None
+        return self.tracker.stop()
+
+    def summary(self, run: RunEnergy | None = None) -> dict[str, Any]:
+        """The ``carbon`` section of ``results.json`` (so far, or final with ``run``).
+
+        ``host_kwh`` is CodeCarbon's measurement; it splits exactly into the clients'
+        compute, the server's work and ``overhead`` (idle capacity, Ray, start-up: the
+        residual of the attribution plus the time outside rounds). Communication is
+        modelled on top of it, at each client's grid.
+        """
+        totals = self.ledger.totals()
+        power = self.tracker.power_model
+        compute_kg = math.fsum(r["compute_kg"] for r in self.ledger.client_rows
+                               if r["compute_kg"] is not None)
+        host_kwh, host_kg = totals["host_kwh"], totals["host_kg"]
+        overhead_kwh, overhead_kg = totals["residual_kwh"], totals["residual_kg"]
+        if run is not None:  # the whole run, start-up and the time between rounds included
+            host_kwh, host_kg = run.total.energy_kwh, run.total.emissions_kg
+            overhead_kwh += run.outside_rounds.energy_kwh
+            overhead_kg += run.outside_rounds.emissions_kg
+        host_g = carbon_intensity(self.ledger.host_region)
+        return {
+            "energy_kwh": host_kwh + totals["comm_kwh"],
+            "emissions_kg": host_kg + totals["comm_kg"],
+            "host_kwh": host_kwh,
+            "host_kg": host_kg,
+            "compute_kwh": totals["clients_compute_kwh"],
+            "compute_kg": compute_kg,
+            "server_kwh": totals["server_kwh"],
+            "server_kg": totals["server_kg"],
+            "overhead_kwh": overhead_kwh,
+            "overhead_kg": overhead_kg,
+            "communication_kwh": totals["comm_kwh"],
+            "communication_kg": totals["comm_kg"],
+            "country": self.ledger.host_region,
+            "intensity_g_per_kwh": host_g,
+            "intensity_source": (
+                "CodeCarbon global_energy_mix.json "
+                f"({intensity_data_year(self.ledger.host_region) or 'year n/a'})"
+            ),
+            "power_model": (
+                f"CodeCarbon {power.cpu_mode}: CPU {power.cpu_w_max:g} W at full load over "
+                f"{power.threads} threads ({power.cpu_source}), RAM {power.ram_w_static:g} W, "
+                f"PUE {power.pue:g}, tracking mode {power.tracking_mode}"
+            ),
+            "estimated": power.cpu_mode != "intel_rapl",
+            "network_kwh_per_gb": dict(self.ledger.network.kwh_per_gb),
+            "regions": totals["by_region"],
+            "whole_run": run is not None,
+        }

@@ -246,6 +246,41 @@ class PrivacyConfig:
 
 
 @dataclass
+class CarbonConfig:
+    """Energy and emissions tracking (the ``carbon`` group; ``carbon=off`` disables it).
+
+    The host is measured by CodeCarbon's offline tracker (never any network call); without
+    RAPL its figures are a power *model* (CPU TDP x load, RAM per DIMM), which
+    ``force_cpu_power``, ``force_ram_power`` and ``pue`` calibrate. ``regions`` places the
+    simulated clients in countries (null: all in ``country``; an ISO-3 code; an explicit
+    ``{client_id: ISO3, default: ISO3}``; or a weighted mix ``{ISO3: weight}`` assigned with
+    the seed); ``links`` gives their network link (``wired``, ``wifi``, ``4g``, or a mapping
+    like regions'); ``network`` overrides the kWh/GB of a link (docs/carbon.md cites the
+    defaults); ``intensity_profile`` is a CSV of hourly intensities per region.
+    """
+
+    enabled: bool = True
+    country: str = "DEU"
+    tracking_mode: str = "machine"
+    measure_power_secs: float = 1.0
+    force_cpu_power: float | None = None
+    force_ram_power: float | None = None
+    pue: float = 1.0
+    regions: Any = None
+    links: Any = "wired"
+    network: Any = None
+    intensity_profile: str | None = None
+
+    def __post_init__(self) -> None:
+        require_choice(self.tracking_mode, "carbon.tracking_mode", ("machine", "process"))
+        require(self.measure_power_secs > 0, "carbon.measure_power_secs", "must be > 0")
+        require(self.pue >= 1, "carbon.pue", f"must be >= 1, got {self.pue}")
+        for key in ("force_cpu_power", "force_ram_power"):
+            value = getattr(self, key)
+            require(value is None or value > 0, f"carbon.{key}", "must be > 0 watts or null")
+
+
+@dataclass
 class FedlabConfig:
     """The whole experiment. ``Any`` groups are checked by ``Experiment.from_config``."""
 
@@ -261,6 +296,7 @@ class FedlabConfig:
     stragglers: StragglersConfig = field(default_factory=StragglersConfig)
     failures: FailuresConfig = field(default_factory=FailuresConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    carbon: CarbonConfig = field(default_factory=CarbonConfig)
 
     def __post_init__(self) -> None:
         require(self.seed >= 0, "seed", f"must be a non-negative integer, got {self.seed}")

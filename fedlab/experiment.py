@@ -61,6 +61,35 @@ def build_spec(node: dict[str, Any], group: str, base: type) -> Any:
         raise _omegaconf_message(err, group) from None
 
 
+def check_carbon(carbon: Any, num_clients: int, seed: int) -> None:
+    """Check countries, regions, links and the network model before the run starts.
+
+    An unknown country code must stop the run: CodeCarbon would silently fall back to the
+    world average.
+    """
+    from fedlab.carbon import NetworkModel, assign_links, assign_regions, carbon_intensity
+
+    checks = (
+        ("carbon.country", lambda: carbon_intensity(carbon.country)),
+        ("carbon.network", lambda: NetworkModel.from_config(carbon.network)),
+        (
+            "carbon.regions",
+            lambda: assign_regions(num_clients, carbon.regions or carbon.country, seed),
+        ),
+        (
+            "carbon.links",
+            lambda: assign_links(
+                num_clients, carbon.links, NetworkModel.from_config(carbon.network)
+            ),
+        ),
+    )
+    for key, check in checks:
+        try:
+            check()
+        except (ValueError, TypeError) as err:
+            raise ConfigError(key, str(err).splitlines()[0]) from None
+
+
 @dataclass
 class Experiment:
     """A validated experiment: the typed config and the objects its groups name."""
@@ -76,6 +105,8 @@ class Experiment:
         build_strategy(cfg.strategy)  # Flower checks its kwargs, fedlab their ranges
         exp = cls(cfg, dataset)
         check_robust_aggregation(cfg.strategy, exp.scheduler().sample_size())
+        if cfg.carbon.enabled:
+            check_carbon(cfg.carbon, cfg.num_clients, cfg.seed)
         if cfg.privacy.mode == "central":
             from fedlab.privacy import validate_central_dp_strategy
 

@@ -50,6 +50,10 @@ ROUND_COLUMNS = [
     "duration_s",
     "elapsed_s",
     "epsilon",
+    "energy_kwh",
+    "emissions_kg",
+    "compute_kg",
+    "communication_kg",
 ]
 CLIENT_COLUMNS = [
     "round",
@@ -71,6 +75,9 @@ CLIENT_COLUMNS = [
     "dp_sample_rate",
     "dp_steps",
     "epsilon",
+    "region",
+    "energy_kwh",
+    "emissions_kg",
 ]
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from fedlab.client_app import ClientSpec
 from fedlab.config import ConfigError
 from fedlab.experiment import Experiment
 from fedlab.record import RunRecord, existing_status
@@ -39,7 +40,8 @@ def run_experiment(raw: DictConfig, run_dir: Path, overrides: list[str] | None =
     unusable, :class:`RunFailed` (record status ``failed``) if the run breaks, and lets
     ``KeyboardInterrupt`` through after marking the record ``interrupted``.
     """
-    from fedlab.client_app import ClientSpec, build_client_app
+    from fedlab.carbon import RunCarbon
+    from fedlab.client_app import build_client_app
     from fedlab.model import build_model
     from fedlab.partition import plot_label_distribution
     from fedlab.server_app import build_server_app
@@ -103,49 +105,69 @@ def run_experiment(raw: DictConfig, run_dir: Path, overrides: list[str] | None =
         exp.cfg.num_rounds,
         run_dir,
     )
+    carbon = (
+        RunCarbon(exp.cfg.carbon, run_dir, exp.cfg.num_clients, exp.cfg.seed)
+        if (exp.cfg.carbon.enabled)
+        else None
+    )
     started = time.perf_counter()
+
+    def close(status: str, error: str | None = None) -> None:
+        """Finish the record, whatever ended the run: stop the tracker, plot, mark."""
+        fields: dict[str, Any] = {"duration_s": round(time.perf_counter() - started, 3)}
+        if carbon is not None:
+            fields["carbon"] = carbon.summary(carbon.stop())
+        if record.rounds:
+            record.plot_curves()
+        record.finish(status, error=error, **fields)
+
     try:
         with tempfile.TemporaryDirectory(prefix="fedlab-") as tmp:
             data_path = Path(tmp) / "federation.npz"
             fed.save(data_path)
-            privacy = exp.cfg.privacy
-            client_clips = privacy.mode == "central" and privacy.clip_at == "client"
-            spec = ClientSpec(
-                str(data_path),
-                dict(exp.cfg.model),
-                exp.cfg.seed,
-                exp.cfg.simulation.torch_threads,
-                privacy.clipping if client_clips else None,
-            )
             simulate(
-                build_server_app(exp, fed, record),
-                build_client_app(spec),
+                build_server_app(exp, fed, record, carbon),
+                build_client_app(_client_spec(exp, data_path)),
                 exp.cfg.num_clients,
                 exp.cfg.simulation,
             )
     except KeyboardInterrupt:
-        record.finish("interrupted", duration_s=time.perf_counter() - started)
+        close("interrupted")
         raise
     except Exception as err:
-        record.finish("failed", error=_error_line(err), duration_s=time.perf_counter() - started)
+        close("failed", _error_line(err))
         raise RunFailed(_error_line(err)) from err
-    finally:
-        if record.rounds:
-            record.plot_curves()
     if record.results["rounds_completed"] != exp.cfg.num_rounds:
         message = f"simulation ended after {record.results['rounds_completed']} rounds"
-        record.finish("failed", error=message, duration_s=time.perf_counter() - started)
+        close("failed", message)
         raise RunFailed(message)
-    record.finish("completed", duration_s=round(time.perf_counter() - started, 3))
+    close("completed")
     results: dict[str, Any] = record.results
+    energy = results["carbon"].get("energy_kwh")
     log.info(
-        "fedlab: completed %d rounds in %.1f s | accuracy %.4f | loss %.4f | record: %s",
+        "fedlab: completed %d rounds in %.1f s | accuracy %.4f | loss %.4f%s | record: %s",
         results["rounds_completed"],
         results["duration_s"],
         results["accuracy"],
         results["loss"],
+        ""
+        if energy is None
+        else f" | {energy:.3g} kWh | {1000 * results['carbon']['emissions_kg']:.3g} gCO2e",
         run_dir,
     )
     if results["privacy"].get("guarantee"):
         log.info("fedlab: privacy: %s", results["privacy"]["guarantee"])
     return results
+
+
+def _client_spec(exp: Experiment, data_path: Path) -> ClientSpec:
+    """What every client process needs: data location, model, seed, client-side clipping."""
+    privacy = exp.cfg.privacy
+    client_clips = privacy.mode == "central" and privacy.clip_at == "client"
+    return ClientSpec(
+        str(data_path),
+        dict(exp.cfg.model),
+        exp.cfg.seed,
+        exp.cfg.simulation.torch_threads,
+        privacy.clipping if client_clips else None,
+    )

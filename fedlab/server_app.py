@@ -9,6 +9,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
+from fedlab.carbon import RunCarbon
 from fedlab.experiment import Experiment
 from fedlab.grid import FedlabGrid, RoundTally
 from fedlab.model import build_model
@@ -35,9 +36,10 @@ class RoundCloser:
         grid: FedlabGrid,
         record: RunRecord,
         privacy: PrivacyLedger | None,
+        carbon: RunCarbon | None,
     ) -> None:
         self.exp, self.fed, self.grid, self.record = exp, fed, grid, record
-        self.privacy = privacy
+        self.privacy, self.carbon = privacy, carbon
         self.model = build_model(exp.cfg.model, fed.input_shape, fed.num_classes)
         self.started = time.perf_counter()
 
@@ -54,6 +56,15 @@ class RoundCloser:
                     client_row["epsilon"] = per_client[client_row["client"]]
             row["epsilon"] = self.privacy.epsilon if tally else 0.0
             extra["privacy"] = self.privacy.summary()
+        if self.carbon is not None:
+            if tally:
+                columns, per_client = self.carbon.end_round(server_round, tally.rows)
+                row.update(columns)
+                for client_row in tally.rows:  # each client's share, on its first row
+                    client_row.update(per_client.pop(client_row["client"], {}))
+                extra["carbon"] = self.carbon.summary()
+            if server_round < self.exp.cfg.num_rounds:
+                self.carbon.start_round(server_round + 1)
         self.record.add_round(row, tally.rows if tally else [])
         totals = {
             k: sum(r.get(k) or 0 for r in self.record.rounds) for k in ("bytes_down", "bytes_up")
@@ -123,7 +134,13 @@ def _fmt(value: float | None) -> str:
     return "  -   " if value is None else f"{value:.4f}"
 
 
-def run_server(grid: Grid, exp: Experiment, fed: FederatedData, record: RunRecord) -> None:
+def run_server(
+    grid: Grid,
+    exp: Experiment,
+    fed: FederatedData,
+    record: RunRecord,
+    carbon: RunCarbon | None = None,
+) -> None:
     """Run ``exp``'s strategy over ``grid`` and write ``record`` (the ServerApp's body)."""
     cfg = exp.cfg
     fedlab_grid = FedlabGrid(grid, exp.scheduler())
@@ -146,18 +163,20 @@ def run_server(grid: Grid, exp: Experiment, fed: FederatedData, record: RunRecor
         timeout=cfg.simulation.round_timeout_s,
         train_config=exp.train_config(),
         evaluate_config=ConfigRecord(),
-        evaluate_fn=RoundCloser(exp, fed, fedlab_grid, record, privacy),
+        evaluate_fn=RoundCloser(exp, fed, fedlab_grid, record, privacy, carbon),
     )
     final = result.arrays if len(result.arrays) else initial
     record.save_model(final.to_torch_state_dict())
 
 
-def build_server_app(exp: Experiment, fed: FederatedData, record: RunRecord) -> ServerApp:
+def build_server_app(
+    exp: Experiment, fed: FederatedData, record: RunRecord, carbon: RunCarbon | None
+) -> ServerApp:
     """A ServerApp running ``exp``'s strategy and writing ``record``."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_server(grid, exp, fed, record)
+        run_server(grid, exp, fed, record, carbon)
 
     return app

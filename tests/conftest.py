@@ -90,7 +90,7 @@ def run_inprocess(compose_cfg, tmp_path):
     from fedlab.record import RunRecord
     from fedlab.server_app import run_server
 
-    def _run(*overrides: str, app_override=None, run_dir=None, reverse=True):
+    def _run(*overrides: str, app_override=None, run_dir=None, reverse=True, carbon=False):
         exp = Experiment.from_config(compose_cfg(*overrides))
         fed, _ = exp.prepare()
         path = tmp_path / f"fed-{len(list(tmp_path.iterdir()))}.npz"
@@ -104,7 +104,14 @@ def run_inprocess(compose_cfg, tmp_path):
         )
         record = RunRecord(run_dir or tmp_path / f"run-{len(list(tmp_path.iterdir()))}")
         record.start("{}", {"rounds_completed": 0})
-        run_server(grid, exp, fed, record)
+        tracker = None
+        if carbon:
+            from fedlab.carbon import RunCarbon
+
+            tracker = RunCarbon(exp.cfg.carbon, record.dir, exp.cfg.num_clients, exp.cfg.seed)
+        run_server(grid, exp, fed, record, tracker)
+        if tracker is not None:
+            record.update(carbon=tracker.summary(tracker.stop()))
         return exp, fed, record, grid
 
     return _run

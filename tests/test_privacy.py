@@ -77,12 +77,11 @@ def test_opacus_conversion_is_tighter(
     assert eps < classic - 0.2
 
 
-@pytest.mark.parametrize(
-    ("z", "rdp_eps", "prv_eps"), [(1.0, 7.90, 7.06), (2.0, 2.58, 2.35)]
-)
+@pytest.mark.parametrize(("z", "rdp_eps", "prv_eps"), [(1.0, 7.90, 7.06), (2.0, 2.58, 2.35)])
 def test_user_level_poisson_reference(z: float, rdp_eps: float, prv_eps: float) -> None:
-    history = user_level_history(z, clients_per_round=10, num_clients=100, rounds=100,
-                                 sampling="poisson")
+    history = user_level_history(
+        z, clients_per_round=10, num_clients=100, rounds=100, sampling="poisson"
+    )
     assert history == [(z, 0.1, 100)]
     assert compute_epsilon(history, DELTA, "rdp") == pytest.approx(rdp_eps, abs=0.02)
     assert compute_epsilon(history, DELTA, "prv") == pytest.approx(prv_eps, abs=0.02)
@@ -128,8 +127,9 @@ def test_prv_matches_exact_gaussian() -> None:
 
 
 def test_fixed_size_sampling_claims_no_amplification() -> None:
-    fixed = user_level_history(1.0, clients_per_round=10, num_clients=100, rounds=50,
-                               sampling="fixed")
+    fixed = user_level_history(
+        1.0, clients_per_round=10, num_clients=100, rounds=50, sampling="fixed"
+    )
     poisson = user_level_history(1.0, 10, 100, 50, sampling="poisson")
     assert fixed == [(1.0, 1.0, 50)]
     assert compute_epsilon(fixed, DELTA) > 3 * compute_epsilon(poisson, DELTA)
@@ -262,8 +262,16 @@ def _train(mode: str, seed: int, epochs: int = 3, batch_size: int = 16, **kw):
     model = TinyMLP()
     loader = DataLoader(_data(), batch_size=batch_size)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with private_training(model, opt, loader, noise_multiplier=kw.pop("z", 1.0),
-                          max_grad_norm=1.0, grad_sample_mode=mode, seed=seed, **kw) as dp:
+    with private_training(
+        model,
+        opt,
+        loader,
+        noise_multiplier=kw.pop("z", 1.0),
+        max_grad_norm=1.0,
+        grad_sample_mode=mode,
+        seed=seed,
+        **kw,
+    ) as dp:
         for _ in range(epochs):
             for x, y in dp.data_loader:
                 dp.fit_batch(x, y)
@@ -282,8 +290,15 @@ def test_dp_sgd_counts_steps_and_leaves_module_clean(mode: str) -> None:
     assert not any(hasattr(p, "grad_sample") for p in model.parameters())
     # Next round on the same module: no "Trying to add hooks twice".
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with private_training(model, opt, DataLoader(_data(), batch_size=16), noise_multiplier=1.0,
-                          max_grad_norm=1.0, grad_sample_mode=mode, seed=4) as dp:
+    with private_training(
+        model,
+        opt,
+        DataLoader(_data(), batch_size=16),
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        grad_sample_mode=mode,
+        seed=4,
+    ) as dp:
         x, y = next(iter(dp.data_loader))
         dp.fit_batch(x, y)
     assert dp.report().steps == 1
@@ -302,8 +317,9 @@ def test_dp_sgd_is_deterministic_given_seed() -> None:
     c, _ = _train("hooks", seed=12)
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(pa, pb)
-    assert any(not torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters(),
-                                                          strict=True))
+    assert any(
+        not torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters(), strict=True)
+    )
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -314,8 +330,9 @@ def test_per_sample_gradients_are_clipped(mode: str) -> None:
     reference = copy.deepcopy(model)
     loader = DataLoader(_data(), batch_size=16)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    with private_training(model, opt, loader, noise_multiplier=0.0, max_grad_norm=clip,
-                          grad_sample_mode=mode, seed=0) as dp:
+    with private_training(
+        model, opt, loader, noise_multiplier=0.0, max_grad_norm=clip, grad_sample_mode=mode, seed=0
+    ) as dp:
         x, y = next((x, y) for x, y in dp.data_loader if len(y) > 0)
         before = [p.detach().clone() for p in model.parameters()]
         dp.fit_batch(x, y)
@@ -344,8 +361,15 @@ def test_noise_has_the_expected_standard_deviation() -> None:
     def zero_loss(out: torch.Tensor, _y: torch.Tensor) -> torch.Tensor:
         return (out * 0.0).sum()
 
-    with private_training(model, opt, DataLoader(data, batch_size=batch), noise_multiplier=z,
-                          max_grad_norm=clip, criterion=zero_loss, seed=1) as dp:
+    with private_training(
+        model,
+        opt,
+        DataLoader(data, batch_size=batch),
+        noise_multiplier=z,
+        max_grad_norm=clip,
+        criterion=zero_loss,
+        seed=1,
+    ) as dp:
         before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
         x, y = next((x, y) for x, y in dp.data_loader if len(y) > 0)
         dp.fit_batch(x, y)
@@ -353,7 +377,7 @@ def test_noise_has_the_expected_standard_deviation() -> None:
     # update = lr * N(0, (z C)^2) / expected_batch_size
     std = float(((before - after) * batch / lr).std())
     assert std == pytest.approx(z * clip, rel=0.05)
-    assert float(((before - after)).mean()) == pytest.approx(0.0, abs=3 * z * clip / batch / 80)
+    assert float((before - after).mean()) == pytest.approx(0.0, abs=3 * z * clip / batch / 80)
 
 
 def test_proximal_term_is_added_after_noise() -> None:
@@ -361,9 +385,16 @@ def test_proximal_term_is_added_after_noise() -> None:
     data = TensorDataset(torch.randn(8, 3), torch.zeros(8, dtype=torch.long))
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     start = [p.detach().clone() for p in model.parameters()]
-    with private_training(model, opt, DataLoader(data, batch_size=8), noise_multiplier=0.0,
-                          max_grad_norm=1.0, criterion=lambda out, _y: (out * 0.0).sum(),
-                          proximal_mu=1.0, seed=0) as dp:
+    with private_training(
+        model,
+        opt,
+        DataLoader(data, batch_size=8),
+        noise_multiplier=0.0,
+        max_grad_norm=1.0,
+        criterion=lambda out, _y: (out * 0.0).sum(),
+        proximal_mu=1.0,
+        seed=0,
+    ) as dp:
         with torch.no_grad():
             for p in model.parameters():
                 p += 1.0  # drift of 1 from the global weights
