@@ -1379,6 +1379,20 @@ class RunCarbon:
             ),
             "estimated": power.cpu_mode != "intel_rapl",
             "network_kwh_per_gb": dict(self.ledger.network.kwh_per_gb),
-            "regions": totals["by_region"],
+            "regions": {
+                region: {
+                    "clients": t["clients"],
+                    "intensity_g_per_kwh": t["intensity_g_per_kwh"],
+                    "bytes_down": t["bytes_down"],
+                    "bytes_up": t["bytes_up"],
+                    "compute_kwh": t["compute_kwh"],
+                    "compute_kg": t["compute_kg"],
+                    "compute_kg_client_grid": t["compute_kg_client_grid"],
+                    "communication_kwh": t["comm_kwh"],
+                    "communication_kg": t["comm_kg"],
+                    "emissions_kg": t["compute_kg"] + t["comm_kg"],
+                }
+                for region, t in totals["by_region"].items()
+            },
             "whole_run": run is not None,
         }

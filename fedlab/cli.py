@@ -49,7 +49,7 @@ def _run(cfg: DictConfig) -> float | None:
 
 
 def condense(text: str) -> str:
-    """Hydra's multi-line error report as one line (drops search paths and the hint)."""
+    """Hydra's multi-line error report as one line: the key first, then what is allowed."""
     keep: list[str] = []
     for line in text.splitlines():
         line = line.strip()
@@ -61,7 +61,20 @@ def condense(text: str) -> str:
             continue
         keep.append(line)
     message = " ".join(keep)
-    message = re.sub(r"Available options in '(\w+)':", r"; allowed values for \1:", message)
+    missing = re.search(r"Could not find '([\w/]+)/([^']+)'.*?Available options in '[\w/]+':(.*)",
+                        message)
+    if missing:
+        group, option, options = missing.groups()
+        return f"{group}: unknown option '{option}'; allowed: {', '.join(options.split())}"
+    wrong_type = re.search(
+        r"override ([\w.]+)=(\S+) Value .* could not be converted to (\w+)", message
+    )
+    if wrong_type:
+        key, value, kind = wrong_type.groups()
+        return f"{key}: expected {kind.lower()}, got '{value}'"
+    unknown = re.search(r"Could not override '([\w.]+)'.*(not in '\w+'|not in struct)", message)
+    if unknown:
+        return f"{unknown.group(1)}: unknown key (fedlab-run --cfg job lists every key)"
     return message or "invalid arguments"
 
 

@@ -42,6 +42,7 @@ def run_experiment(raw: DictConfig, run_dir: Path, overrides: list[str] | None =
     """
     from fedlab.carbon import RunCarbon
     from fedlab.client_app import build_client_app
+    from fedlab.model_card import write_model_card
     from fedlab.model import build_model
     from fedlab.partition import plot_label_distribution
     from fedlab.server_app import build_server_app
@@ -120,6 +121,7 @@ def run_experiment(raw: DictConfig, run_dir: Path, overrides: list[str] | None =
         if record.rounds:
             record.plot_curves()
         record.finish(status, error=error, **fields)
+        write_model_card(run_dir)
 
     try:
         with tempfile.TemporaryDirectory(prefix="fedlab-") as tmp:

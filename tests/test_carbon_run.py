@@ -35,12 +35,12 @@ def test_emissions_add_up_and_follow_codecarbon_data(run_inprocess) -> None:
     comm = 0.0
     for region, totals in c["regions"].items():
         moved = totals["bytes_down"] + totals["bytes_up"]
-        assert totals["comm_kwh"] == pytest.approx(moved / 1e9 * 0.06, rel=1e-9)
-        assert totals["comm_kg"] == pytest.approx(
-            totals["comm_kwh"] * _intensity(region) / 1000, rel=1e-9
+        assert totals["communication_kwh"] == pytest.approx(moved / 1e9 * 0.06, rel=1e-9)
+        assert totals["communication_kg"] == pytest.approx(
+            totals["communication_kwh"] * _intensity(region) / 1000, rel=1e-9
         )
         assert totals["clients"] == 2
-        comm += totals["comm_kg"]
+        comm += totals["communication_kg"]
     assert c["communication_kg"] == pytest.approx(comm, rel=1e-9)
     assert c["emissions_kg"] == pytest.approx(c["host_kg"] + c["communication_kg"], rel=1e-9)
     total_bytes = sum(record.results["communication"].values())

@@ -1,0 +1,96 @@
+"""``fedlab-run`` as a user meets it: help, --cfg job, and bad input that ends in one line,
+exit code 2, no traceback, and an existing record left untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedlab.cli import condense
+
+EXE = Path(sys.executable).parent / "fedlab-run"
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(EXE), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+def _fingerprint(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+@pytest.fixture()
+def finished_run(tmp_path: Path) -> Path:
+    """A directory holding a completed run's record (which nothing may touch)."""
+    run = tmp_path / "done"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps({"status": "completed", "accuracy": 0.93}))
+    (run / "rounds.csv").write_text("round,central_accuracy\n0,0.1\n1,0.93\n")
+    (run / "config.yaml").write_text("seed: 0\n")
+    return run
+
+
+def test_help_lists_the_groups(tmp_path: Path) -> None:
+    result = _run("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for group in ("dataset:", "partition:", "model:", "strategy:", "client:", "simulation:",
+                  "privacy:", "carbon:"):
+        assert group in result.stdout
+
+
+def test_cfg_job_prints_the_composed_config(tmp_path: Path) -> None:
+    result = _run("strategy=fedprox", "num_clients=30", "--cfg", "job", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "num_clients: 30" in result.stdout and "FedProx" in result.stdout
+    assert not list(tmp_path.iterdir())  # printing the config writes nothing
+
+
+BAD = [
+    (["strategy=nope"], "strategy: unknown option 'nope'; allowed: bulyan"),
+    (["dataset=imagenet"], "dataset: unknown option 'imagenet'"),
+    (["num_clients=0"], "num_clients: must be >= 1"),
+    (["num_clients=abc"], "num_clients: expected integer, got 'abc'"),
+    (["num_clients=5000"], "num_clients: 5000 clients but dataset 'digits' has only 1437"),
+    (["strategy.fraction_train=1.5"], "strategy.fraction_train: must be in (0, 1]"),
+    (["partition.alpha=0"], "partition.alpha: must be > 0"),
+    (["client.lr=fast"], "client.lr: expected float, got 'fast'"),
+    (["no_such_key=1"], "no_such_key: unknown key"),
+    (["privacy=central", "strategy=krum"], "privacy: central DP cannot be combined with krum"),
+    (["carbon.country=XYZ"], "carbon.country:"),
+    (["dataset=synthetic", "partition=natural", "num_clients=10", "dataset.num_users=30"],
+     "num_clients: partition=natural gives one client per user"),
+]
+
+
+@pytest.mark.parametrize(("args", "expected"), BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_is_one_line(args: list[str], expected: str, finished_run: Path) -> None:
+    before = _fingerprint(finished_run)
+    target = finished_run.parent / "new"
+    result = _run(*args, f"hydra.run.dir={target}", cwd=finished_run.parent)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("fedlab-run: error: ") and expected in lines[0], lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert _fingerprint(finished_run) == before
+    assert not (target / "results.json").exists()  # nothing was started
+
+
+def test_a_used_run_directory_is_refused(finished_run: Path) -> None:
+    before = _fingerprint(finished_run)
+    result = _run(f"hydra.run.dir={finished_run}", cwd=finished_run.parent)
+    assert result.returncode == 2
+    assert "already holds a run record (status: completed)" in result.stderr
+    assert _fingerprint(finished_run) == before
+
+
+def test_condense_keeps_unknown_messages() -> None:
+    assert condense("Some new Hydra error\n\nSet the environment variable HYDRA_FULL_ERROR=1") \
+        == "Some new Hydra error"
