@@ -9,12 +9,16 @@ the wrong type) itself over several lines; :func:`main` condenses them into one.
 from __future__ import annotations
 
 import io
+import json
 import re
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from fedlab.config import ConfigError, register_configs
@@ -48,6 +52,29 @@ def _run(cfg: DictConfig) -> float | None:
     return results["accuracy"]  # the objective Hydra sweepers optimise
 
 
+class SweepSummary(Callback):
+    """Hydra callback: at the end of a multirun, say how many runs were skipped.
+
+    A run is skipped when its directory already held the same configuration, completed; it
+    is recognised by a ``finished_at`` before this multirun began, so the count is right
+    whatever launcher ran the jobs.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.started = datetime.now(UTC).isoformat(timespec="seconds")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from fedlab.record import RESULTS
+
+        runs = list(Path(config.hydra.sweep.dir).glob(f"*/{RESULTS}"))
+        finished = [json.loads(p.read_text()).get("finished_at") or "" for p in runs]
+        skipped = sum(1 for f in finished if f and f < self.started)
+        print(
+            f"fedlab: multirun: {len(runs)} runs in {config.hydra.sweep.dir}, "
+            f"{skipped} skipped (already completed)"
+        )
+
+
 def condense(text: str) -> str:
     """Hydra's multi-line error report as one line: the key first, then what is allowed."""
     keep: list[str] = []
@@ -61,8 +88,9 @@ def condense(text: str) -> str:
             continue
         keep.append(line)
     message = " ".join(keep)
-    missing = re.search(r"Could not find '([\w/]+)/([^']+)'.*?Available options in '[\w/]+':(.*)",
-                        message)
+    missing = re.search(
+        r"Could not find '([\w/]+)/([^']+)'.*?Available options in '[\w/]+':(.*)", message
+    )
     if missing:
         group, option, options = missing.groups()
         return f"{group}: unknown option '{option}'; allowed: {', '.join(options.split())}"

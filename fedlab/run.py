@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from logging import getLogger
@@ -13,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from fedlab.client_app import ClientSpec
 from fedlab.config import ConfigError
 from fedlab.experiment import Experiment
-from fedlab.record import RunRecord, existing_status
+from fedlab.record import RESULTS, RunRecord, existing_status
 
 log = getLogger("fedlab")
 
@@ -33,6 +34,38 @@ def _error_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[-1] if text else ''}"[:500]
 
 
+def _reuse(run_dir: Path, config_yaml: str) -> dict | None:
+    """What to do with a run directory that already holds a record.
+
+    The same configuration, completed: return its results (a rerun sweep skips it). The same
+    configuration, not completed (failed, interrupted, killed): move that attempt aside into
+    ``attempts/<n>/`` and run again. Another configuration: refuse, since a record is never
+    overwritten.
+    """
+    status = existing_status(run_dir)
+    if status is None:
+        return None
+    config = run_dir / "config.yaml"
+    if not config.exists() or config.read_text() != config_yaml:
+        raise ConfigError(
+            "hydra.run.dir",
+            f"{run_dir} already holds another run's record (status: {status}); "
+            "choose a new directory",
+        )
+    if status == "completed":
+        return json.loads((run_dir / RESULTS).read_text())
+    attempts = run_dir / "attempts"
+    attempt = attempts / str(len(list(attempts.glob("*"))) + 1 if attempts.exists() else 1)
+    attempt.mkdir(parents=True)
+    for path in run_dir.iterdir():
+        if path.name != "attempts":
+            path.rename(attempt / path.name)
+    log.warning(
+        "fedlab: %s held an unfinished attempt (status: %s); moved to %s", run_dir, status, attempt
+    )
+    return None
+
+
 def run_experiment(raw: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> dict:
     """Run the experiment ``raw`` describes and write its record into ``run_dir``.
 
@@ -42,19 +75,18 @@ def run_experiment(raw: DictConfig, run_dir: Path, overrides: list[str] | None =
     """
     from fedlab.carbon import RunCarbon
     from fedlab.client_app import build_client_app
-    from fedlab.model_card import write_model_card
     from fedlab.model import build_model
+    from fedlab.model_card import write_model_card
     from fedlab.partition import plot_label_distribution
     from fedlab.server_app import build_server_app
     from fedlab.simulation import simulate
 
     exp = Experiment.from_config(raw)
-    status = existing_status(run_dir)
-    if status is not None:
-        raise ConfigError(
-            "hydra.run.dir",
-            f"{run_dir} already holds a run record (status: {status}); choose a new directory",
-        )
+    config_yaml = OmegaConf.to_yaml(raw, resolve=True)
+    finished = _reuse(run_dir, config_yaml)
+    if finished is not None:
+        log.info("fedlab: skipped: %s already holds this run, completed", run_dir)
+        return finished
     fed, privacy_warnings = exp.prepare()
     try:
         build_model(exp.cfg.model, fed.input_shape, fed.num_classes)
@@ -63,7 +95,7 @@ def run_experiment(raw: DictConfig, run_dir: Path, overrides: list[str] | None =
 
     record = RunRecord(run_dir)
     record.start(
-        OmegaConf.to_yaml(raw, resolve=True),
+        config_yaml,
         {
             "rounds_completed": 0,
             "num_rounds": exp.cfg.num_rounds,

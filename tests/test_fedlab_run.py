@@ -87,10 +87,32 @@ def test_a_used_run_directory_is_refused(finished_run: Path) -> None:
     before = _fingerprint(finished_run)
     result = _run(f"hydra.run.dir={finished_run}", cwd=finished_run.parent)
     assert result.returncode == 2
-    assert "already holds a run record (status: completed)" in result.stderr
+    assert "already holds another run's record (status: completed)" in result.stderr
     assert _fingerprint(finished_run) == before
 
 
 def test_condense_keeps_unknown_messages() -> None:
     assert condense("Some new Hydra error\n\nSet the environment variable HYDRA_FULL_ERROR=1") \
         == "Some new Hydra error"
+
+
+def test_rerun_of_an_unfinished_attempt_moves_it_aside(tmp_path: Path, compose_cfg) -> None:
+    from omegaconf import OmegaConf
+
+    from fedlab.run import _reuse
+
+    cfg = compose_cfg("num_rounds=1")
+    text = OmegaConf.to_yaml(cfg, resolve=True)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(text)
+    (run / "results.json").write_text(json.dumps({"status": "interrupted"}))
+    (run / "rounds.csv").write_text("round\n0\n")
+    assert _reuse(run, text) is None  # run it again ...
+    kept = run / "attempts" / "1"  # ... after keeping the old attempt
+    assert json.loads((kept / "results.json").read_text())["status"] == "interrupted"
+    assert (kept / "rounds.csv").read_text() == "round\n0\n"
+    assert sorted(p.name for p in run.iterdir()) == ["attempts"]
+    (run / "results.json").write_text(json.dumps({"status": "completed", "accuracy": 1.0}))
+    (run / "config.yaml").write_text(text)
+    assert _reuse(run, text) == {"status": "completed", "accuracy": 1.0}  # skipped

@@ -204,3 +204,14 @@ def test_scheduler_is_shared_by_strategies() -> None:
     for r in range(1, 6):
         assert drop.plan(r).sampled == partial.plan(r).sampled
         assert drop.plan(r).stragglers == partial.plan(r).stragglers
+
+
+def test_hybrid_quantum_model_trains_federatedly(run_inprocess) -> None:
+    """model=qnn: the sandbox's hybrid QNN through the whole pipeline (3 clients, 2 rounds)."""
+    _, _, record, _ = run_inprocess("model=qnn", "dataset=iris", "dataset.binary=true",
+                                    "num_clients=3", "num_rounds=2", "partition=iid",
+                                    "client.lr=0.05", "client.local_epochs=3")
+    rounds = read_csv(record.dir / "rounds.csv")
+    assert float(rounds[-1]["central_loss"]) < float(rounds[0]["central_loss"])
+    assert float(rounds[-1]["central_accuracy"]) >= float(rounds[0]["central_accuracy"])
+    assert record.results["accuracy"] >= 0.9

@@ -55,3 +55,8 @@ def test_multirun_runs_simulations_back_to_back_and_reproducibly(tmp_path: Path)
     assert first["status"] == second["status"] == "completed"
     assert first["accuracy"] == second["accuracy"] and first["loss"] == second["loss"]
     assert first["carbon"]["energy_kwh"] is None  # carbon=off
+    # Rerunning the same multirun skips every finished run and says so.
+    again = _fedlab_run("-m", "num_clients=3", "num_rounds=2", "carbon=off", "seed=7,7",
+                        f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert "2 runs" in again.stdout and "2 skipped (already completed)" in again.stdout
+    assert json.loads((sweep / "0" / "results.json").read_text()) == first
