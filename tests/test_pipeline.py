@@ -210,7 +210,7 @@ def test_hybrid_quantum_model_trains_federatedly(run_inprocess) -> None:
     """model=qnn: the sandbox's hybrid QNN through the whole pipeline (3 clients, 2 rounds)."""
     _, _, record, _ = run_inprocess("model=qnn", "dataset=iris", "dataset.binary=true",
                                     "num_clients=3", "num_rounds=2", "partition=iid",
-                                    "client.lr=0.05", "client.local_epochs=3")
+                                    "client.lr=0.3", "client.local_epochs=5")
     rounds = read_csv(record.dir / "rounds.csv")
     assert float(rounds[-1]["central_loss"]) < float(rounds[0]["central_loss"])
     assert float(rounds[-1]["central_accuracy"]) >= float(rounds[0]["central_accuracy"])
