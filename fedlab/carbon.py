@@ -39,7 +39,7 @@ import math
 import random
 import resource
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -1243,6 +1243,29 @@ def assign_links(
     return out
 
 
+def client_grid_intensity(
+    cfg: Any, num_clients: int, seed: int
+) -> Callable[[int, int], float]:
+    """gCO2e/kWh of each client's grid at the start of a round, on the simulated clock.
+
+    Round r starts at (r - 1) * ``cfg.hours_per_round`` hours; without an hourly profile the
+    intensity is the region's annual value. Used by carbon-aware client selection and by the
+    ledger, so both see the same grid.
+    """
+    regions = assign_regions(num_clients, cfg.regions or cfg.country, seed)
+    profile = IntensityProfile.from_csv(cfg.intensity_profile) if cfg.intensity_profile else None
+
+    def intensity(client: int, server_round: int) -> float:
+        return _intensity(regions[client], round_start_s(cfg, server_round), profile)
+
+    return intensity
+
+
+def round_start_s(cfg: Any, server_round: int) -> float:
+    """Simulated seconds at which ``server_round`` starts (``carbon.hours_per_round`` each)."""
+    return (server_round - 1) * cfg.hours_per_round * 3600.0
+
+
 class RunCarbon:
     """Carbon accounting of one run: host measurement per round plus the ledger.
 
@@ -1253,6 +1276,7 @@ class RunCarbon:
     """
 
     def __init__(self, cfg: Any, run_dir: Path, num_clients: int, seed: int) -> None:
+        self.cfg = cfg
         network = NetworkModel.from_config(cfg.network)
         regions = assign_regions(num_clients, cfg.regions or cfg.country, seed)
         profile = None
@@ -1270,7 +1294,6 @@ class RunCarbon:
             force_ram_power=cfg.force_ram_power,
             pue=cfg.pue,
         )
-        self._started = time.monotonic()
         self._round: contextlib.ExitStack | None = None
         self._measurement: RoundMeasurement | None = None
         self._server_cpu0 = 0.0
@@ -1302,7 +1325,7 @@ class RunCarbon:
             moved[cid] = (down + int(r.get("bytes_down") or 0), up + int(r.get("bytes_up") or 0))
         row = self.ledger.record_round(
             server_round,
-            sim_time_s=time.monotonic() - self._started,
+            sim_time_s=round_start_s(self.cfg, server_round),
             client_cpu_s=cpu,
             bytes_by_client=moved,
             host=self._measurement,
@@ -1366,6 +1389,11 @@ class RunCarbon:
             "overhead_kg": overhead_kg,
             "communication_kwh": totals["comm_kwh"],
             "communication_kg": totals["comm_kg"],
+            # The FL view (Qiu et al.): the clients' compute at their own grids plus the
+            # communication; what carbon-aware client selection can change in a simulation.
+            "client_grid_kg": math.fsum(
+                t["compute_kg_client_grid"] + t["comm_kg"] for t in totals["by_region"].values()
+            ),
             "country": self.ledger.host_region,
             "intensity_g_per_kwh": host_g,
             "intensity_source": (

@@ -153,7 +153,10 @@ class StrategyConfig:
     hyperparameters. Client sampling is fedlab's (seeded by round, so every strategy sees the
     same clients in the same round), which is why ``fraction_train`` lives here and not in the
     Flower kwargs. ``train_config`` adds entries to the config every client receives (e.g.
-    q-FedAvg asks clients for the loss of the global model before training).
+    q-FedAvg asks clients for the loss of the global model before training). ``selection:
+    carbon_aware`` fills each round with the clients whose grid is cleanest at that hour,
+    except a ``fairness_floor`` share of the slots drawn uniformly from everyone, so every
+    client keeps taking part (see :meth:`fedlab.schedule.Scheduler.plan`).
     """
 
     name: str = MISSING
@@ -163,12 +166,16 @@ class StrategyConfig:
     min_train_clients: int = 1
     straggler_policy: str = "drop"
     train_config: dict[str, Any] = field(default_factory=dict)
+    selection: str = "random"
+    fairness_floor: float = 0.2
 
     def __post_init__(self) -> None:
         require_fraction(self.fraction_train, "strategy.fraction_train")
         require_fraction(self.fraction_evaluate, "strategy.fraction_evaluate", allow_zero=True)
         require(self.min_train_clients >= 1, "strategy.min_train_clients", "must be >= 1")
         require_choice(self.straggler_policy, "strategy.straggler_policy", ("drop", "partial"))
+        require_choice(self.selection, "strategy.selection", ("random", "carbon_aware"))
+        require_fraction(self.fairness_floor, "strategy.fairness_floor", allow_zero=True)
 
 
 @dataclass
@@ -256,7 +263,8 @@ class CarbonConfig:
     ``{client_id: ISO3, default: ISO3}``; or a weighted mix ``{ISO3: weight}`` assigned with
     the seed); ``links`` gives their network link (``wired``, ``wifi``, ``4g``, or a mapping
     like regions'); ``network`` overrides the kWh/GB of a link (docs/carbon.md cites the
-    defaults); ``intensity_profile`` is a CSV of hourly intensities per region.
+    defaults); ``intensity_profile`` is a CSV of hourly intensities per region, read at the
+    simulated clock: round r starts at (r - 1) * ``hours_per_round`` hours.
     """
 
     enabled: bool = True
@@ -270,11 +278,13 @@ class CarbonConfig:
     links: Any = "wired"
     network: Any = None
     intensity_profile: str | None = None
+    hours_per_round: float = 1.0
 
     def __post_init__(self) -> None:
         require_choice(self.tracking_mode, "carbon.tracking_mode", ("machine", "process"))
         require(self.measure_power_secs > 0, "carbon.measure_power_secs", "must be > 0")
         require(self.pue >= 1, "carbon.pue", f"must be >= 1, got {self.pue}")
+        require(self.hours_per_round > 0, "carbon.hours_per_round", "must be > 0")
         for key in ("force_cpu_power", "force_ram_power"):
             value = getattr(self, key)
             require(value is None or value > 0, f"carbon.{key}", "must be > 0 watts or null")

@@ -105,7 +105,7 @@ class Experiment:
         build_strategy(cfg.strategy)  # Flower checks its kwargs, fedlab their ranges
         exp = cls(cfg, dataset)
         check_robust_aggregation(cfg.strategy, exp.scheduler().sample_size())
-        if cfg.carbon.enabled:
+        if cfg.carbon.enabled or cfg.strategy.selection == "carbon_aware":
             check_carbon(cfg.carbon, cfg.num_clients, cfg.seed)
         if cfg.privacy.mode == "central":
             from fedlab.privacy import validate_central_dp_strategy
@@ -144,7 +144,15 @@ class Experiment:
             straggler_fraction=cfg.stragglers.fraction,
             straggler_policy=self.straggler_policy,
             failure_rate=cfg.failures.rate,
+            selection=cfg.strategy.selection,
+            fairness_floor=cfg.strategy.fairness_floor,
+            intensity=self._grid_intensity() if cfg.strategy.selection == "carbon_aware" else None,
         )
+
+    def _grid_intensity(self) -> Any:
+        from fedlab.carbon import client_grid_intensity
+
+        return client_grid_intensity(self.cfg.carbon, self.cfg.num_clients, self.cfg.seed)
 
     def load_data(self) -> FederatedData:
         """Load the dataset and partition it among the clients."""

@@ -8,6 +8,8 @@ Ray's scheduling order cannot change a result.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +45,9 @@ class Scheduler:
     straggler_fraction: float
     straggler_policy: str  # "drop" or "partial"
     failure_rate: float
+    selection: str = "random"  # or "carbon_aware"
+    fairness_floor: float = 0.2
+    intensity: Callable[[int, int], float] | None = None  # (client, round) -> gCO2e/kWh
 
     def _rng(self, server_round: int, stream: int) -> np.random.Generator:
         return np.random.default_rng(seed_for(self.seed, server_round, stream))
@@ -57,10 +62,28 @@ class Scheduler:
         n = self.sample_size()
         return round(n * (1 - self.straggler_fraction)) if self.straggler_policy == "drop" else n
 
+    def _select(self, server_round: int) -> np.ndarray:
+        """The clients sampled for training.
+
+        ``random``: a uniform draw without replacement. ``carbon_aware`` (in the spirit of
+        EcoLearn and Lowcarb): ceil(fairness_floor * k) of the k slots are drawn uniformly
+        from all clients, so each keeps a chance of at least that share / N per round; the
+        rest go to the clients whose grid has the lowest intensity at this round's hour
+        (ties in a seeded random order).
+        """
+        rng = self._rng(server_round, _SAMPLE)
+        k = self.sample_size()
+        if self.selection == "random" or self.intensity is None:
+            return rng.choice(self.num_clients, k, replace=False)
+        fair = rng.choice(self.num_clients, math.ceil(self.fairness_floor * k), replace=False)
+        order = rng.permutation(self.num_clients)  # seeded tie-break
+        cleanest = sorted(order, key=lambda c: self.intensity(int(c), server_round))
+        rest = [c for c in cleanest if c not in set(fair.tolist())][: k - len(fair)]
+        return np.concatenate([fair, np.asarray(rest, dtype=fair.dtype)])
+
     def plan(self, server_round: int) -> RoundPlan:
         """The schedule of ``server_round`` (1-based)."""
-        rng = self._rng(server_round, _SAMPLE)
-        sampled = np.sort(rng.choice(self.num_clients, self.sample_size(), replace=False))
+        sampled = np.sort(self._select(server_round))
 
         # FedProx: active = choice(selected, round(len * (1 - drop_percent))); the rest straggle.
         rng = self._rng(server_round, _STRAGGLE)
