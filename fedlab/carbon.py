@@ -929,6 +929,13 @@ class HostTracker:
         """Readings of the rounds finished so far."""
         return tuple(self._rounds)
 
+    def outside_so_far(self) -> tuple[float, float]:
+        """(kWh, kg) measured outside rounds up to the last finished round."""
+        return (
+            math.fsum(r.energy_kwh for r in self._outside),
+            math.fsum(r.emissions_kg for r in self._outside),
+        )
+
     def stop(self) -> RunEnergy:
         """Stop tracking; write the CSVs; return the total and its split. Idempotent."""
         if self._result is not None:
@@ -1243,9 +1250,7 @@ def assign_links(
     return out
 
 
-def client_grid_intensity(
-    cfg: Any, num_clients: int, seed: int
-) -> Callable[[int, int], float]:
+def client_grid_intensity(cfg: Any, num_clients: int, seed: int) -> Callable[[int, int], float]:
     """gCO2e/kWh of each client's grid at the start of a round, on the simulated clock.
 
     Round r starts at (r - 1) * ``cfg.hours_per_round`` hours; without an hourly profile the
@@ -1296,6 +1301,7 @@ class RunCarbon:
         )
         self._round: contextlib.ExitStack | None = None
         self._measurement: RoundMeasurement | None = None
+        self._previous_outside = (0.0, 0.0)  # kWh, kg outside rounds in earlier attempts
         self._server_cpu0 = 0.0
 
     def start_round(self, server_round: int) -> None:
@@ -1344,11 +1350,31 @@ class RunCarbon:
         columns = {
             "energy_kwh": row["host_kwh"] + row["comm_kwh"],
             "emissions_kg": row["host_kg"] + row["comm_kg"],
-            "compute_kg": math.fsum(c["compute_kg"] for c in self.ledger.client_rows
-                                    if c["round"] == server_round),
+            "compute_kg": math.fsum(
+                c["compute_kg"] for c in self.ledger.client_rows if c["round"] == server_round
+            ),
             "communication_kg": row["comm_kg"],
         }
         return columns, clients
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able state for a checkpoint: the ledger's rows and the energy measured
+        outside rounds so far (start-up, gaps), earlier attempts of a resumed run included."""
+        kwh, kg = self.tracker.outside_so_far()
+        return {
+            "ledger": self.ledger.state_dict(),
+            "outside_kwh": self._previous_outside[0] + kwh,
+            "outside_kg": self._previous_outside[1] + kg,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue a resumed run: earlier rounds and earlier outside-round energy count.
+
+        The energy spent between a killed process's last checkpoint and its death was never
+        written anywhere and cannot be counted.
+        """
+        self.ledger.load_state_dict(state["ledger"])
+        self._previous_outside = (float(state["outside_kwh"]), float(state["outside_kg"]))
 
     def stop(self) -> RunEnergy:
         """Stop measuring (closing a round left open by a failure); idempotent."""
@@ -1367,14 +1393,18 @@ class RunCarbon:
         """
         totals = self.ledger.totals()
         power = self.tracker.power_model
-        compute_kg = math.fsum(r["compute_kg"] for r in self.ledger.client_rows
-                               if r["compute_kg"] is not None)
+        compute_kg = math.fsum(
+            r["compute_kg"] for r in self.ledger.client_rows if r["compute_kg"] is not None
+        )
         host_kwh, host_kg = totals["host_kwh"], totals["host_kg"]
         overhead_kwh, overhead_kg = totals["residual_kwh"], totals["residual_kg"]
         if run is not None:  # the whole run, start-up and the time between rounds included
-            host_kwh, host_kg = run.total.energy_kwh, run.total.emissions_kg
-            overhead_kwh += run.outside_rounds.energy_kwh
-            overhead_kg += run.outside_rounds.emissions_kg
+            outside_kwh = self._previous_outside[0] + run.outside_rounds.energy_kwh
+            outside_kg = self._previous_outside[1] + run.outside_rounds.emissions_kg
+            host_kwh += outside_kwh
+            host_kg += outside_kg
+            overhead_kwh += outside_kwh
+            overhead_kg += outside_kg
         host_g = carbon_intensity(self.ledger.host_region)
         return {
             "energy_kwh": host_kwh + totals["comm_kwh"],

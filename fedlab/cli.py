@@ -12,9 +12,10 @@ import io
 import json
 import re
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -24,17 +25,45 @@ from omegaconf import DictConfig
 from fedlab.config import ConfigError, register_configs
 
 PROG = "fedlab-run"
-_real_stderr = sys.stderr
+REAL_STDERR = sys.stderr
 
 
-def _fail(message: str, code: int) -> None:
-    print(f"{PROG}: error: {message}", file=_real_stderr)
+def fail(message: str, code: int, prog: str = PROG) -> NoReturn:
+    """End the program with one line on stderr and exit ``code``."""
+    print(f"{prog}: error: {message}", file=REAL_STDERR)
     sys.exit(code)
+
+
+def release_stderr() -> None:
+    """Called first by a Hydra task function: composition succeeded, stop capturing."""
+    sys.stderr = REAL_STDERR
+
+
+def run_hydra_app(hydra_main: Callable[[], Any], prog: str = PROG) -> None:
+    """Run a ``@hydra.main`` function, turning Hydra's own errors into one line.
+
+    Hydra reports composition errors over several lines (with search paths and a hint about
+    HYDRA_FULL_ERROR); stderr is captured until the task function calls
+    :func:`release_stderr`, and a failure before that is condensed with :func:`condense`.
+    """
+    captured = io.StringIO()
+    sys.stderr = captured
+    try:
+        hydra_main()
+    except SystemExit as exit_:
+        if sys.stderr is captured and exit_.code not in (0, None):
+            sys.stderr = REAL_STDERR
+            fail(condense(captured.getvalue()), 2, prog)
+        raise
+    finally:
+        if sys.stderr is captured:
+            sys.stderr = REAL_STDERR
+            REAL_STDERR.write(captured.getvalue())
 
 
 @hydra.main(version_base="1.3", config_path="pkg://fedlab.conf", config_name="config")
 def _run(cfg: DictConfig) -> float | None:
-    sys.stderr = _real_stderr  # composition succeeded: stop capturing Hydra's error output
+    release_stderr()
     from fedlab.console import setup_logging
     from fedlab.run import RunFailed, run_experiment
 
@@ -44,11 +73,11 @@ def _run(cfg: DictConfig) -> float | None:
     try:
         results = run_experiment(cfg, run_dir, list(hydra_cfg.overrides.task))
     except ConfigError as err:
-        _fail(str(err), 2)
+        fail(str(err), 2)
     except RunFailed as err:
-        _fail(f"run failed: {err} (record: {run_dir})", 1)
+        fail(f"run failed: {err} (record: {run_dir})", 1)
     except KeyboardInterrupt:
-        _fail(f"interrupted; the record in {run_dir} says how far it got", 130)
+        fail(f"interrupted; the record in {run_dir} says how far it got", 130)
     return results["accuracy"]  # the objective Hydra sweepers optimise
 
 
@@ -109,19 +138,7 @@ def condense(text: str) -> str:
 def main() -> None:
     """Console-script entry point."""
     register_configs()
-    captured = io.StringIO()
-    sys.stderr = captured
-    try:
-        _run()
-    except SystemExit as exit_:
-        if sys.stderr is captured and exit_.code not in (0, None):
-            sys.stderr = _real_stderr
-            _fail(condense(captured.getvalue()), 2)
-        raise
-    finally:
-        if sys.stderr is captured:
-            sys.stderr = _real_stderr
-            _real_stderr.write(captured.getvalue())
+    run_hydra_app(_run)
 
 
 if __name__ == "__main__":

@@ -295,6 +295,7 @@ class FedlabConfig:
     """The whole experiment. ``Any`` groups are checked by ``Experiment.from_config``."""
 
     seed: int = 0
+    resume: str | None = None
     num_clients: int = 10
     num_rounds: int = 10
     dataset: Any = MISSING

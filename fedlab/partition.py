@@ -23,7 +23,7 @@ import numpy as np
 
 from fedlab.config import ConfigError, require
 from fedlab.datasets import ArraySplit, CentralData
-from fedlab.record import atomic_path
+from fedlab.record import save_figure
 
 # Range checks for partitioner arguments whose violations flwr-datasets reports late or
 # not at all (e.g. a negative Dirichlet alpha produces NaN proportions).
@@ -204,15 +204,14 @@ def partition(
 
 def plot_label_distribution(fed: FederatedData, path: Path, title: str = "") -> None:
     """Save a stacked bar chart of training labels per client (the partition picture)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
 
     counts = fed.label_counts()
     clients = np.arange(fed.num_clients)
-    fig, ax = plt.subplots(figsize=(min(2 + 0.25 * fed.num_clients, 16), 4))
-    cmap = plt.get_cmap("tab10" if fed.num_classes <= 10 else "tab20")
+    fig = Figure(figsize=(min(2 + 0.25 * fed.num_clients, 16), 4))
+    ax = fig.subplots()
+    cmap = colormaps["tab10" if fed.num_classes <= 10 else "tab20"]
     bottom = np.zeros(fed.num_clients)
     for cls in range(fed.num_classes):
         ax.bar(
@@ -229,7 +228,4 @@ def plot_label_distribution(fed: FederatedData, path: Path, title: str = "") -> 
     ax.set_title(title or f"{fed.name}: labels per client")
     if fed.num_classes <= 20:
         ax.legend(title="class", bbox_to_anchor=(1.01, 1), loc="upper left", fontsize="small")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path)

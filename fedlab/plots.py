@@ -17,14 +17,13 @@ from typing import Any
 
 from matplotlib import colormaps
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from fedlab.compare import FRONTS, OBJECTIVES, Comparison, Front, Run
-from fedlab.record import atomic_path
+from fedlab.record import save_figure
 
 #: More entries than this and a legend hides the plot; the tables name every run anyway.
 MAX_LEGEND = 16
@@ -70,10 +69,7 @@ def write_plots(result: Comparison, out: Path) -> tuple[list[str], list[tuple[st
             (out / name).unlink(missing_ok=True)
             skipped.append((name, figure))
             continue
-        FigureCanvasAgg(figure)
-        figure.tight_layout()
-        with atomic_path(out / name) as tmp:
-            figure.savefig(tmp, dpi=110, format="png")
+        save_figure(figure, out / name)
         written.append(name)
     return written, skipped
 

@@ -1042,7 +1042,23 @@ class PrivacyLedger:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
+        """Restore what :meth:`state_dict` returned.
+
+        Flower's accountant lives inside the DP wrapper, which a resumed run builds afresh:
+        the past releases are composed into it again.
+        """
         self.clients.load_state_dict(state["clients"])
         self.releases = [(float(z), int(n)) for z, n in state["releases"]]
         self.epsilon = state["epsilon"]
+        accountant = getattr(self.flower_strategy, "accountant", None)
+        if accountant is not None:
+            from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
+
+            for _ in self.releases:
+                accountant.compose(
+                    GaussianPrivacyEvent(
+                        noise_multiplier=self.cfg.noise_multiplier,
+                        sample_size=self.clients_per_round,
+                        population_size=self.num_clients,
+                    )
+                )

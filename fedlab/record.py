@@ -117,10 +117,40 @@ def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Non
     write_text(path, buffer.getvalue())
 
 
+def save_figure(figure: Any, path: Path) -> None:
+    """Atomically save a matplotlib ``Figure`` as PNG.
+
+    Figures are built as ``matplotlib.figure.Figure`` with an Agg canvas, never through
+    pyplot's global state, so saving one never switches a notebook's plotting backend.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure)
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=110, format="png")
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     """Rows of a record CSV as dicts of strings."""
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def _typed(rows: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """CSV strings back to numbers (empty cells to None), so resumed rows add up."""
+
+    def convert(text: str) -> Any:
+        if text == "":
+            return None
+        for kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+        return text
+
+    return [{k: convert(v) for k, v in row.items()} for row in rows]
 
 
 def _finite(value: Any) -> Any:
@@ -169,6 +199,29 @@ class RunRecord:
         }
         write_json(self.dir / RESULTS, self.results)
 
+    @classmethod
+    def resume(cls, run_dir: Path, upto_round: int) -> RunRecord:
+        """Reopen a record to continue it after round ``upto_round`` (later rows dropped)."""
+        record = cls(run_dir)
+        record.results = json.loads((run_dir / RESULTS).read_text())
+        record.rounds = [
+            r for r in _typed(read_csv(run_dir / "rounds.csv")) if r["round"] <= upto_round
+        ]
+        record.clients = [
+            r for r in _typed(read_csv(run_dir / "clients.csv")) if r["round"] <= upto_round
+        ]
+        write_csv(run_dir / "rounds.csv", record.rounds, ROUND_COLUMNS)
+        write_csv(run_dir / "clients.csv", record.clients, CLIENT_COLUMNS)
+        resumed = [*record.results.get("resumed", []), {"after_round": upto_round, "at": now()}]
+        record.update(
+            status="running",
+            error=None,
+            finished_at=None,
+            rounds_completed=upto_round,
+            resumed=resumed,
+        )
+        return record
+
     def update(self, **fields: Any) -> None:
         """Merge ``fields`` into ``results.json`` and rewrite it."""
         self.results.update(fields)
@@ -195,12 +248,10 @@ class RunRecord:
 
     def plot_curves(self) -> None:
         """Save ``curves.png``: centralized and federated accuracy and loss per round."""
-        import matplotlib
+        from matplotlib.figure import Figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+        fig = Figure(figsize=(10, 3.8))
+        acc_ax, loss_ax = fig.subplots(1, 2)
         for prefix, label in (("central", "centralized"), ("federated", "federated")):
             points = [
                 (r["round"], r[f"{prefix}_accuracy"], r[f"{prefix}_loss"])
@@ -216,10 +267,7 @@ class RunRecord:
         for ax in (acc_ax, loss_ax):
             ax.grid(alpha=0.3)
             ax.legend()
-        fig.tight_layout()
-        with atomic_path(self.dir / "curves.png") as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-        plt.close(fig)
+        save_figure(fig, self.dir / "curves.png")
 
 
 def load_model(path: Path) -> dict[str, Any]:

@@ -29,7 +29,8 @@ def _versions() -> dict[str, str]:
     return {pkg: version(pkg) for pkg in ("fedlab", "flwr", "torch", "numpy", "hydra-core")}
 
 
-def _error_line(err: BaseException) -> str:
+def error_line(err: BaseException) -> str:
+    """An exception as one line for the record and the console (type and last line)."""
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[-1] if text else ''}"[:500]
 
@@ -73,14 +74,11 @@ def run_experiment(raw: DictConfig, run_dir: Path, overrides: list[str] | None =
     unusable, :class:`RunFailed` (record status ``failed``) if the run breaks, and lets
     ``KeyboardInterrupt`` through after marking the record ``interrupted``.
     """
-    from fedlab.carbon import RunCarbon
-    from fedlab.client_app import build_client_app
     from fedlab.model import build_model
-    from fedlab.model_card import write_model_card
     from fedlab.partition import plot_label_distribution
-    from fedlab.server_app import build_server_app
-    from fedlab.simulation import simulate
 
+    if raw.get("resume"):
+        return resume_experiment(Path(raw.resume))
     exp = Experiment.from_config(raw)
     config_yaml = OmegaConf.to_yaml(raw, resolve=True)
     finished = _reuse(run_dir, config_yaml)
@@ -91,7 +89,7 @@ def run_experiment(raw: DictConfig, run_dir: Path, overrides: list[str] | None =
     try:
         build_model(exp.cfg.model, fed.input_shape, fed.num_classes)
     except Exception as err:  # the model's constructor is the check of its settings
-        raise ConfigError("model", _error_line(err)) from None
+        raise ConfigError("model", error_line(err)) from None
 
     record = RunRecord(run_dir)
     record.start(
@@ -138,11 +136,60 @@ def run_experiment(raw: DictConfig, run_dir: Path, overrides: list[str] | None =
         exp.cfg.num_rounds,
         run_dir,
     )
-    carbon = (
-        RunCarbon(exp.cfg.carbon, run_dir, exp.cfg.num_clients, exp.cfg.seed)
-        if (exp.cfg.carbon.enabled)
-        else None
+    return _execute(exp, fed, record, run_dir)
+
+
+def resume_experiment(run_dir: Path) -> dict:
+    """Continue the run recorded in ``run_dir`` from its last checkpoint.
+
+    The run's own ``config.yaml`` is used; the data are prepared again (deterministically),
+    the record's rows after the checkpoint's round are dropped (that round is redone), and
+    the run continues to ``num_rounds`` with every piece of state restored.
+    """
+    from fedlab import checkpoint
+    from fedlab.config import FedlabConfig
+
+    status = existing_status(run_dir)
+    if status is None:
+        raise ConfigError("resume", f"{run_dir} holds no run record")
+    if status == "completed":
+        raise ConfigError("resume", f"{run_dir} holds a completed run; nothing to resume")
+    if not (run_dir / checkpoint.FILE).exists():
+        raise ConfigError(
+            "resume", f"{run_dir} has no checkpoint (it stopped before its first round ended)"
+        )
+    raw = OmegaConf.merge(
+        OmegaConf.structured(FedlabConfig), OmegaConf.load(run_dir / "config.yaml")
     )
+    exp = Experiment.from_config(raw)
+    fed, _ = exp.prepare()
+    saved = checkpoint.load(run_dir)
+    record = RunRecord.resume(run_dir, saved.server_round)
+    log.info(
+        "fedlab: resuming %s after round %d of %d", run_dir, saved.server_round, exp.cfg.num_rounds
+    )
+    return _execute(exp, fed, record, run_dir, saved)
+
+
+def _execute(
+    exp: Experiment,
+    fed: Any,
+    record: RunRecord,
+    run_dir: Path,
+    saved: Any = None,
+) -> dict:
+    """Simulate (from the start or from checkpoint ``saved``) and close the record."""
+    from fedlab.carbon import RunCarbon
+    from fedlab.client_app import build_client_app
+    from fedlab.model_card import write_model_card
+    from fedlab.server_app import build_server_app
+    from fedlab.simulation import simulate
+
+    carbon = None
+    if exp.cfg.carbon.enabled:
+        carbon = RunCarbon(exp.cfg.carbon, run_dir, exp.cfg.num_clients, exp.cfg.seed)
+        if saved is not None:
+            carbon.load_state_dict(saved.state["carbon"])
     started = time.perf_counter()
 
     def close(status: str, error: str | None = None) -> None:
@@ -160,17 +207,18 @@ def run_experiment(raw: DictConfig, run_dir: Path, overrides: list[str] | None =
             data_path = Path(tmp) / "federation.npz"
             fed.save(data_path)
             simulate(
-                build_server_app(exp, fed, record, carbon),
+                build_server_app(exp, fed, record, carbon, saved),
                 build_client_app(_client_spec(exp, data_path)),
                 exp.cfg.num_clients,
                 exp.cfg.simulation,
             )
     except KeyboardInterrupt:
         close("interrupted")
+        log.warning("fedlab: interrupted; continue with: fedlab-run resume=%s", run_dir)
         raise
     except Exception as err:
-        close("failed", _error_line(err))
-        raise RunFailed(_error_line(err)) from err
+        close("failed", error_line(err))
+        raise RunFailed(error_line(err)) from err
     if record.results["rounds_completed"] != exp.cfg.num_rounds:
         message = f"simulation ended after {record.results['rounds_completed']} rounds"
         close("failed", message)

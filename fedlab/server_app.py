@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 from logging import getLogger
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
+from fedlab import checkpoint
 from fedlab.carbon import RunCarbon
 from fedlab.experiment import Experiment
 from fedlab.grid import FedlabGrid, RoundTally
@@ -25,8 +27,11 @@ log = getLogger("fedlab")
 class RoundCloser:
     """Flower's ``evaluate_fn``: called once before round 1 and after every round.
 
-    It evaluates the global model on the central test split, then writes the round's row and
-    its clients' rows to the record and prints the progress line.
+    It evaluates the global model on the central test split, writes the round's row and its
+    clients' rows to the record, prints the progress line, and checkpoints the run. In a
+    resumed run Flower counts rounds from 0 again: ``offset`` (the checkpoint's round) turns
+    its count into the run's, and the re-evaluation of the checkpointed model is not
+    recorded twice.
     """
 
     def __init__(
@@ -37,15 +42,23 @@ class RoundCloser:
         record: RunRecord,
         privacy: PrivacyLedger | None,
         carbon: RunCarbon | None,
+        strategy: Any,
+        offset: int = 0,
     ) -> None:
         self.exp, self.fed, self.grid, self.record = exp, fed, grid, record
-        self.privacy, self.carbon = privacy, carbon
+        self.privacy, self.carbon, self.strategy = privacy, carbon, strategy
+        self.offset = offset
         self.model = build_model(exp.cfg.model, fed.input_shape, fed.num_classes)
         self.started = time.perf_counter()
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         self.model.load_state_dict(arrays.to_torch_state_dict())
         loss, accuracy = evaluate(self.model, self.fed.test)
+        if self.offset and server_round == 0:  # the checkpointed model, already recorded
+            if self.carbon is not None:
+                self.carbon.start_round(self.offset + 1)
+            return MetricRecord({"loss": loss, "accuracy": accuracy})
+        server_round += self.offset
         tally = self.grid.tally if server_round > 0 else None
         row = round_row(server_round, loss, accuracy, tally, time.perf_counter() - self.started)
         extra: dict = {}
@@ -78,6 +91,17 @@ class RoundCloser:
             communication={"bytes_down": totals["bytes_down"], "bytes_up": totals["bytes_up"]},
             **extra,
         )
+        if tally:
+            checkpoint.save(
+                self.record.dir,
+                server_round,
+                arrays,
+                self.strategy,
+                {
+                    "privacy": self.privacy.state_dict() if self.privacy else None,
+                    "carbon": self.carbon.state_dict() if self.carbon else None,
+                },
+            )
         clients = (
             f"{row['clients_succeeded']}/{row['clients_trained']} trained"
             if tally
@@ -140,8 +164,12 @@ def run_server(
     fed: FederatedData,
     record: RunRecord,
     carbon: RunCarbon | None = None,
+    saved: checkpoint.Checkpoint | None = None,
 ) -> None:
-    """Run ``exp``'s strategy over ``grid`` and write ``record`` (the ServerApp's body)."""
+    """Run ``exp``'s strategy over ``grid`` and write ``record`` (the ServerApp's body).
+
+    With ``saved``, continue after the checkpointed round with every piece of state restored.
+    """
     cfg = exp.cfg
     fedlab_grid = FedlabGrid(grid, exp.scheduler())
     fedlab_grid.connect(cfg.num_clients, cfg.simulation.connect_timeout_s)
@@ -156,27 +184,40 @@ def run_server(
         if cfg.privacy.mode == "central":
             strategy, _ = central_dp_strategy(strategy, cfg.privacy, per_round, cfg.num_clients)
             privacy.flower_strategy = strategy
+    done = 0
+    if saved is not None:
+        done = saved.server_round
+        initial = ArrayRecord(saved.model)
+        checkpoint.restore_strategy(strategy, saved.strategy, saved.layout)
+        scheduled = getattr(strategy, "strategy", strategy)  # inside a DP wrapper, if any
+        scheduled.round_offset = done
+        if privacy is not None:
+            privacy.load_state_dict(saved.state["privacy"])
     result = strategy.start(
         grid=fedlab_grid,
         initial_arrays=initial,
-        num_rounds=cfg.num_rounds,
+        num_rounds=cfg.num_rounds - done,
         timeout=cfg.simulation.round_timeout_s,
         train_config=exp.train_config(),
         evaluate_config=ConfigRecord(),
-        evaluate_fn=RoundCloser(exp, fed, fedlab_grid, record, privacy, carbon),
+        evaluate_fn=RoundCloser(exp, fed, fedlab_grid, record, privacy, carbon, strategy, done),
     )
     final = result.arrays if len(result.arrays) else initial
     record.save_model(final.to_torch_state_dict())
 
 
 def build_server_app(
-    exp: Experiment, fed: FederatedData, record: RunRecord, carbon: RunCarbon | None
+    exp: Experiment,
+    fed: FederatedData,
+    record: RunRecord,
+    carbon: RunCarbon | None,
+    saved: checkpoint.Checkpoint | None = None,
 ) -> ServerApp:
     """A ServerApp running ``exp``'s strategy and writing ``record``."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_server(grid, exp, fed, record, carbon)
+        run_server(grid, exp, fed, record, carbon, saved)
 
     return app

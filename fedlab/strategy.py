@@ -13,7 +13,7 @@ from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import FedAvg, Strategy
 
 from fedlab.config import ConfigError, StrategyConfig
 
@@ -46,19 +46,34 @@ _TAKE_ALL = {
 
 
 class ScheduledSampling:
-    """Mixin: configure rounds through :meth:`fedlab.grid.FedlabGrid.view`."""
+    """Mixin: configure rounds through :meth:`fedlab.grid.FedlabGrid.view`.
+
+    ``round_offset`` lets a resumed run reuse Flower's own round loop
+    (``Strategy.start`` always counts from 1): the strategy and the schedule see the true
+    round number, ``start``'s count plus the rounds completed before the checkpoint.
+    """
+
+    round_offset = 0
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> list[Message]:
+        server_round += self.round_offset
         view = grid.view(server_round, "train")  # type: ignore[attr-defined]
         return list(super().configure_train(server_round, arrays, config, view))  # type: ignore[misc]
+
+    def aggregate_train(self, server_round: int, replies: Any) -> Any:
+        return super().aggregate_train(server_round + self.round_offset, replies)  # type: ignore[misc]
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> list[Message]:
+        server_round += self.round_offset
         view = grid.view(server_round, "evaluate")  # type: ignore[attr-defined]
         return list(super().configure_evaluate(server_round, arrays, config, view))  # type: ignore[misc]
+
+    def aggregate_evaluate(self, server_round: int, replies: Any) -> Any:
+        return super().aggregate_evaluate(server_round + self.round_offset, replies)  # type: ignore[misc]
 
 
 def strategy_class(cfg: StrategyConfig) -> type[Strategy]:
@@ -103,7 +118,14 @@ def build_strategy(cfg: StrategyConfig) -> Strategy:
                 raise ConfigError(f"strategy.flower.{key}", f"{rule}, got {value}")
     accepted = inspect.signature(cls).parameters
     kwargs.update({k: v for k, v in _TAKE_ALL.items() if k in accepted})
-    scheduled = type(f"Scheduled{cls.__name__}", (ScheduledSampling, cls), {})
+    # FedAvg's own aggregation ignores the round number; keeping it (rather than the mixin's
+    # offsetting override) keeps what Flower's DP accountant requires of the strategy.
+    own = (
+        {"aggregate_train": FedAvg.aggregate_train}
+        if cls.aggregate_train is FedAvg.aggregate_train
+        else {}
+    )
+    scheduled = type(f"Scheduled{cls.__name__}", (ScheduledSampling, cls), own)
     try:
         return scheduled(**kwargs)
     except TypeError as err:

@@ -60,3 +60,71 @@ def test_multirun_runs_simulations_back_to_back_and_reproducibly(tmp_path: Path)
                         f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert "2 runs" in again.stdout and "2 skipped (already completed)" in again.stdout
     assert json.loads((sweep / "0" / "results.json").read_text()) == first
+
+
+def _checkpoint_round(path: Path) -> int:
+    """The round in a safetensors checkpoint's metadata (read without importing torch)."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            return int(json.loads(f.read(size))["__metadata__"]["round"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path: Path, run_inprocess) -> None:
+    """SIGKILL in the middle of a run, then `fedlab-run resume=DIR`: the same accuracy, loss
+    and epsilon as the run never interrupted, with carbon counted over both parts."""
+    import os
+    import signal
+    import time
+
+    args = ["num_clients=4", "num_rounds=12", "model.hidden=[32]", "strategy=fedadam",
+            "privacy=local", "client.local_epochs=3"]
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen([str(EXE), *args, f"hydra.run.dir={run_dir}"], cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.monotonic() + 300
+    while _checkpoint_round(run_dir / "checkpoint.safetensors") < 3:
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)  # the driver, its Ray daemons and client actors
+    process.wait()
+    killed = json.loads((run_dir / "results.json").read_text())
+    assert killed["status"] == "running" and killed["rounds_completed"] < 12
+
+    result = _fedlab_run(f"resume={run_dir}", cwd=tmp_path)
+    assert "resuming" in result.stdout
+    resumed = json.loads((run_dir / "results.json").read_text())
+    assert resumed["status"] == "completed" and resumed["rounds_completed"] == 12
+    assert len(resumed["resumed"]) == 1
+    rounds = read_csv(run_dir / "rounds.csv")
+    assert [int(r["round"]) for r in rounds] == list(range(13))  # no round lost or doubled
+    assert all(float(r["energy_kwh"]) > 0 for r in rounds[1:])  # carbon of both parts
+
+    _, _, never_stopped, _ = run_inprocess(*args)
+    assert resumed["accuracy"] == never_stopped.results["accuracy"]
+    assert resumed["loss"] == never_stopped.results["loss"]
+    assert resumed["privacy"]["epsilon"] == never_stopped.results["privacy"]["epsilon"]
+
+
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(
+        [str(EXE), "num_clients=3", "num_rounds=40", "carbon=off", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while _checkpoint_round(run_dir / "checkpoint.safetensors") < 1:
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "interrupted" and results["rounds_completed"] >= 1
+    assert f"fedlab-run resume={run_dir}" in stdout + stderr
+    assert "Traceback" not in stderr
