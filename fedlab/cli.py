@@ -70,8 +70,12 @@ def _run(cfg: DictConfig) -> float | None:
     setup_logging()
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = list(hydra_cfg.overrides.task)
+    changes = [o for o in overrides if not o.startswith(("resume=", "hydra."))]
+    if cfg.resume and changes:
+        fail(f"resume: a resumed run keeps its own config; remove {' '.join(changes)}", 2)
     try:
-        results = run_experiment(cfg, run_dir, list(hydra_cfg.overrides.task))
+        results = run_experiment(cfg, run_dir, overrides)
     except ConfigError as err:
         fail(str(err), 2)
     except RunFailed as err:

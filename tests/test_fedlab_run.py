@@ -116,3 +116,13 @@ def test_rerun_of_an_unfinished_attempt_moves_it_aside(tmp_path: Path, compose_c
     (run / "results.json").write_text(json.dumps({"status": "completed", "accuracy": 1.0}))
     (run / "config.yaml").write_text(text)
     assert _reuse(run, text) == {"status": "completed", "accuracy": 1.0}  # skipped
+
+
+def test_resume_refuses_what_it_cannot_continue(finished_run: Path) -> None:
+    before = _fingerprint(finished_run)
+    done = _run(f"resume={finished_run}", cwd=finished_run.parent)
+    assert done.returncode == 2 and "holds a completed run; nothing to resume" in done.stderr
+    changed = _run(f"resume={finished_run}", "num_rounds=20", cwd=finished_run.parent)
+    assert changed.returncode == 2
+    assert "resume: a resumed run keeps its own config; remove num_rounds=20" in changed.stderr
+    assert _fingerprint(finished_run) == before
