@@ -79,7 +79,7 @@ def strategy_state(strategy: Any) -> tuple[dict[str, torch.Tensor], dict[str, An
             else:
                 continue
             for k, v in value.items():
-                tensors[f"{key}/{k}"] = torch.from_numpy(np.ascontiguousarray(v))
+                tensors[f"{key}/{k}"] = torch.from_numpy(np.array(v))  # a copy: no sharing
     return tensors, layout
 
 

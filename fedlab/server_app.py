@@ -91,6 +91,17 @@ class RoundCloser:
             communication={"bytes_down": totals["bytes_down"], "bytes_up": totals["bytes_up"]},
             **extra,
         )
+        minimum = self.exp.cfg.strategy.min_train_clients
+        if tally and row["clients_succeeded"] < minimum:
+            log.warning(
+                "fedlab: round %d: %d of %d clients succeeded, below strategy.min_train_clients"
+                "=%d%s (see clients.csv for why)",
+                server_round,
+                row["clients_succeeded"],
+                row["clients_trained"],
+                minimum,
+                "; the global model was not updated" if not row["clients_succeeded"] else "",
+            )
         if tally:
             checkpoint.save(
                 self.record.dir,

@@ -39,7 +39,9 @@ class InProcessGrid:
     (schedule, Grid wrapper, strategies, record) be tested in a second instead of starting Ray.
     """
 
-    def __init__(self, client_app, num_clients: int, app_override=None, reverse=True) -> None:
+    def __init__(
+        self, client_app, num_clients: int, app_override=None, reverse=True, drop=()
+    ) -> None:
         from flwr.app import Context, RecordDict
         from flwr.supercore.task_identity import TaskIdentity
 
@@ -63,6 +65,7 @@ class InProcessGrid:
         }
         self.sent: list = []
         self.reverse = reverse
+        self.drop = set(drop)  # partitions whose replies never arrive (a timeout)
 
     def get_node_ids(self) -> list[int]:
         return list(self.contexts)
@@ -74,7 +77,10 @@ class InProcessGrid:
         for msg in messages:
             self.sent.append(msg)
             context = self.contexts[msg.metadata.dst_node_id]
-            app = self.app_override.get(int(context.node_config["partition-id"]), self.client_app)
+            pid = int(context.node_config["partition-id"])
+            if pid in self.drop and msg.metadata.message_type == "train":
+                continue
+            app = self.app_override.get(pid, self.client_app)
             try:
                 replies.append(app(msg, context))
             except Exception as err:  # Flower turns a client exception into an error reply
@@ -90,7 +96,7 @@ def run_inprocess(compose_cfg, tmp_path):
     from fedlab.record import RunRecord
     from fedlab.server_app import run_server
 
-    def _run(*overrides: str, app_override=None, run_dir=None, reverse=True, carbon=False):
+    def _run(*overrides: str, app_override=None, run_dir=None, reverse=True, carbon=False, drop=()):
         exp = Experiment.from_config(compose_cfg(*overrides))
         fed, _ = exp.prepare()
         path = tmp_path / f"fed-{len(list(tmp_path.iterdir()))}.npz"
@@ -101,6 +107,7 @@ def run_inprocess(compose_cfg, tmp_path):
             exp.cfg.num_clients,
             {k: v(spec) for k, v in (app_override or {}).items()},
             reverse,
+            drop,
         )
         record = RunRecord(run_dir or tmp_path / f"run-{len(list(tmp_path.iterdir()))}")
         record.start("{}", {"rounds_completed": 0})

@@ -66,6 +66,16 @@ BAD = [
     (["carbon.country=XYZ"], "carbon.country:"),
     (["dataset=synthetic", "partition=natural", "num_clients=10", "dataset.num_users=30"],
      "num_clients: partition=natural gives one client per user"),
+    (["partition=natural"], "partition: natural partitioning needs user ids"),
+    (["privacy=local", "privacy.delta=2"], "privacy.delta: delta must be in the open interval"),
+    (["privacy=local", "privacy.noise_multiplier=-1"], "privacy.noise_multiplier:"),
+    (["carbon.pue=0.5"], "carbon.pue: must be >= 1"),
+    (["simulation.client_cpus=0"], "simulation.client_cpus: must be > 0"),
+    (["failures.rate=1.5"], "failures.rate: must be in [0, 1)"),
+    (["stragglers.fraction=1"], "stragglers.fraction: must be in [0, 1)"),
+    (["client.batch_size=0"], "client.batch_size: must be >= 1"),
+    (["model.hidden=[0]"], "model: ValueError: hidden layer sizes must be >= 1"),
+    (["dataset.test_fraction=0"], "dataset.test_fraction: must be in (0, 1)"),
 ]
 
 

@@ -4,6 +4,7 @@ ClientApp -> record. (The same code under Ray is tested once in test_simulation.
 from __future__ import annotations
 
 import io
+import json
 import math
 
 import numpy as np
@@ -208,10 +209,45 @@ def test_scheduler_is_shared_by_strategies() -> None:
 
 def test_hybrid_quantum_model_trains_federatedly(run_inprocess) -> None:
     """model=qnn: the sandbox's hybrid QNN through the whole pipeline (3 clients, 2 rounds)."""
-    _, _, record, _ = run_inprocess("model=qnn", "dataset=iris", "dataset.binary=true",
-                                    "num_clients=3", "num_rounds=2", "partition=iid",
-                                    "client.lr=0.3", "client.local_epochs=5")
+    _, _, record, _ = run_inprocess(
+        "model=qnn",
+        "dataset=iris",
+        "dataset.binary=true",
+        "num_clients=3",
+        "num_rounds=2",
+        "partition=iid",
+        "client.lr=0.3",
+        "client.local_epochs=5",
+    )
     rounds = read_csv(record.dir / "rounds.csv")
     assert float(rounds[-1]["central_loss"]) < float(rounds[0]["central_loss"])
     assert float(rounds[-1]["central_accuracy"]) >= float(rounds[0]["central_accuracy"])
     assert record.results["accuracy"] >= 0.9
+
+
+def test_clients_that_never_reply_are_failures(run_inprocess) -> None:
+    _, _, record, _ = run_inprocess(*SMALL, drop={2})
+    rows = [
+        r
+        for r in read_csv(record.dir / "clients.csv")
+        if r["client"] == "2" and r["phase"] == "train"
+    ]
+    assert len(rows) == 3 and all(r["status"] == "failed" for r in rows)
+    assert all(r["error"] == "no reply within 600 s" for r in rows)
+    assert record.results["accuracy"] > 0.5  # the other clients carried the run
+
+
+def test_a_crash_marks_the_record_failed_and_keeps_it(compose_cfg, tmp_path, monkeypatch) -> None:
+    from fedlab.run import RunFailed, run_experiment
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("the simulation engine broke")
+
+    monkeypatch.setattr("fedlab.simulation.simulate", crash)
+    with pytest.raises(RunFailed, match="the simulation engine broke"):
+        run_experiment(compose_cfg(*SMALL, "carbon=off"), tmp_path / "run")
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["status"] == "failed"
+    assert results["error"] == "RuntimeError: the simulation engine broke"
+    for name in ("config.yaml", "partition.png", "model_card.md"):
+        assert (tmp_path / "run" / name).exists()
