@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -81,7 +82,7 @@ def _run(cfg: DictConfig) -> float | None:
     except RunFailed as err:
         fail(f"run failed: {err} (record: {run_dir})", 1)
     except KeyboardInterrupt:
-        fail(f"interrupted; the record in {run_dir} says how far it got", 130)
+        _leave_interrupted(run_dir)
     return results["accuracy"]  # the objective Hydra sweepers optimise
 
 
@@ -106,6 +107,27 @@ class SweepSummary(Callback):
             f"fedlab: multirun: {len(runs)} runs in {config.hydra.sweep.dir}, "
             f"{skipped} skipped (already completed)"
         )
+
+
+def _leave_interrupted(run_dir: Path) -> NoReturn:
+    """Exit 130 at once after Ctrl-C; the record already says ``interrupted``.
+
+    Flower's ServerApp thread is still waiting for replies from the engine that Ctrl-C
+    stopped, and would keep the process alive for up to ``simulation.round_timeout_s``;
+    nothing is left to write, so Ray is shut down and the process leaves without joining it.
+    """
+    print(
+        f"{PROG}: error: interrupted; the record in {run_dir} says how far it got",
+        file=REAL_STDERR,
+        flush=True,
+    )
+    sys.stdout.flush()
+    try:
+        import ray
+
+        ray.shutdown()
+    finally:
+        os._exit(130)
 
 
 def condense(text: str) -> str:

@@ -114,9 +114,12 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path: Path) -> None:
     import time
 
     run_dir = tmp_path / "run"
+    # A background shell (nohup, `&`) starts its children with SIGINT ignored; restore the
+    # default so the run receives Ctrl-C as it would in a terminal.
     process = subprocess.Popen(
         [str(EXE), "num_clients=3", "num_rounds=40", "carbon=off", f"hydra.run.dir={run_dir}"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while _checkpoint_round(run_dir / "checkpoint.safetensors") < 1:
         assert process.poll() is None and time.monotonic() < deadline
