@@ -105,11 +105,12 @@ def run_experiment(raw: DictConfig, run_dir: Path, overrides: list[str] | None =
             "federated_loss": None,
             "experiment": exp.describe(),
             "overrides": list(overrides or []),
+            # Filled in after every round; until then, what was asked for.
             "privacy": {
-                "mode": "none",
-                "unit": None,
+                "mode": exp.cfg.privacy.mode,
+                "unit": {"local": "record", "central": "user"}.get(exp.cfg.privacy.mode),
                 "epsilon": None,
-                "delta": None,
+                "delta": exp.cfg.privacy.delta if exp.cfg.privacy.mode != "none" else None,
                 "accountant": None,
             },
             "carbon": {
