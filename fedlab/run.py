@@ -89,7 +89,8 @@ def run_experiment(raw: DictConfig, run_dir: Path, overrides: list[str] | None =
     try:
         build_model(exp.cfg.model, fed.input_shape, fed.num_classes)
     except Exception as err:  # the model's constructor is the check of its settings
-        raise ConfigError("model", error_line(err)) from None
+        cause = err.__cause__ or err  # Hydra wraps it in an InstantiationException
+        raise ConfigError("model", str(cause).strip().splitlines()[0]) from None
 
     record = RunRecord(run_dir)
     record.start(

@@ -74,7 +74,7 @@ BAD = [
     (["failures.rate=1.5"], "failures.rate: must be in [0, 1)"),
     (["stragglers.fraction=1"], "stragglers.fraction: must be in [0, 1)"),
     (["client.batch_size=0"], "client.batch_size: must be >= 1"),
-    (["model.hidden=[0]"], "model: ValueError: hidden layer sizes must be >= 1"),
+    (["model.hidden=[0]"], "model: hidden layer sizes must be >= 1, got [0]"),
     (["dataset.test_fraction=0"], "dataset.test_fraction: must be in (0, 1)"),
 ]
 
