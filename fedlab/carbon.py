@@ -1250,6 +1250,15 @@ def assign_links(
     return out
 
 
+def client_grids(
+    cfg: Any, num_clients: int, seed: int
+) -> tuple[list[str], IntensityProfile | None]:
+    """Each client's region (``carbon.regions``) and the hourly profile, if one is configured."""
+    regions = assign_regions(num_clients, cfg.regions or cfg.country, seed)
+    profile = IntensityProfile.from_csv(cfg.intensity_profile) if cfg.intensity_profile else None
+    return regions, profile
+
+
 def client_grid_intensity(cfg: Any, num_clients: int, seed: int) -> Callable[[int, int], float]:
     """gCO2e/kWh of each client's grid at the start of a round, on the simulated clock.
 
@@ -1257,8 +1266,7 @@ def client_grid_intensity(cfg: Any, num_clients: int, seed: int) -> Callable[[in
     intensity is the region's annual value. Used by carbon-aware client selection and by the
     ledger, so both see the same grid.
     """
-    regions = assign_regions(num_clients, cfg.regions or cfg.country, seed)
-    profile = IntensityProfile.from_csv(cfg.intensity_profile) if cfg.intensity_profile else None
+    regions, profile = client_grids(cfg, num_clients, seed)
 
     def intensity(client: int, server_round: int) -> float:
         return _intensity(regions[client], round_start_s(cfg, server_round), profile)
@@ -1283,10 +1291,7 @@ class RunCarbon:
     def __init__(self, cfg: Any, run_dir: Path, num_clients: int, seed: int) -> None:
         self.cfg = cfg
         network = NetworkModel.from_config(cfg.network)
-        regions = assign_regions(num_clients, cfg.regions or cfg.country, seed)
-        profile = None
-        if cfg.intensity_profile:
-            profile = IntensityProfile.from_csv(cfg.intensity_profile)
+        regions, profile = client_grids(cfg, num_clients, seed)
         self.ledger = CarbonLedger(
             regions, cfg.country, network, assign_links(num_clients, cfg.links, network), profile
         )
