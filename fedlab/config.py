@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 
 class ConfigError(ValueError):
@@ -316,6 +316,12 @@ class FedlabConfig:
 
 
 def register_configs() -> None:
-    """Register the schema so ``conf/config.yaml`` can extend it (``- fedlab_schema``)."""
+    """Register the schema so ``conf/config.yaml`` can extend it (``- fedlab_schema``), and
+    the resolver that sends a resumed run back into its own directory."""
     cs = ConfigStore.instance()
     cs.store(name="fedlab_schema", node=FedlabConfig)
+    if not OmegaConf.has_resolver("fedlab.run_dir"):
+        # oc.select cannot do this: it returns the default only for a missing key, not null.
+        OmegaConf.register_new_resolver(
+            "fedlab.run_dir", lambda resume, default: resume if resume else default
+        )

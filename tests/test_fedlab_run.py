@@ -136,3 +136,11 @@ def test_resume_refuses_what_it_cannot_continue(finished_run: Path) -> None:
     assert changed.returncode == 2
     assert "resume: a resumed run keeps its own config; remove num_rounds=20" in changed.stderr
     assert _fingerprint(finished_run) == before
+
+
+def test_default_run_directory_is_outputs_date_time(tmp_path: Path) -> None:
+    """Without hydra.run.dir the run goes to ./outputs/<date>/<time> (resume=null)."""
+    result = _run("num_clients=0", cwd=tmp_path)
+    assert result.returncode == 2 and "num_clients: must be >= 1" in result.stderr
+    made = list((tmp_path / "outputs").glob("*/*"))
+    assert len(made) == 1 and not (made[0] / "results.json").exists()
