@@ -130,8 +130,8 @@ class Experiment:
         policy = self.cfg.stragglers.policy
         return self.cfg.strategy.straggler_policy if policy == "auto" else policy
 
-    def scheduler(self) -> Scheduler:
-        """The seeded round schedule for this experiment."""
+    def scheduler(self, fed: FederatedData | None = None) -> Scheduler:
+        """The seeded round schedule for this experiment (over ``fed``'s clients if given)."""
         cfg = self.cfg
         evaluate = cfg.strategy.fraction_evaluate if self.dataset.client_test_fraction > 0 else 0.0
         return Scheduler(
@@ -147,6 +147,9 @@ class Experiment:
             selection=cfg.strategy.selection,
             fairness_floor=cfg.strategy.fairness_floor,
             intensity=self._grid_intensity() if cfg.strategy.selection == "carbon_aware" else None,
+            evaluable=None
+            if fed is None
+            else tuple(pid for pid, idx in enumerate(fed.client_test) if len(idx)),
         )
 
     def _grid_intensity(self) -> Any:

@@ -48,6 +48,7 @@ class Scheduler:
     selection: str = "random"  # or "carbon_aware"
     fairness_floor: float = 0.2
     intensity: Callable[[int, int], float] | None = None  # (client, round) -> gCO2e/kWh
+    evaluable: tuple[int, ...] | None = None  # clients holding test examples (None: all)
 
     def _rng(self, server_round: int, stream: int) -> np.random.Generator:
         return np.random.default_rng(seed_for(self.seed, server_round, stream))
@@ -107,10 +108,13 @@ class Scheduler:
         failing = frozenset(pid for pid, f in zip(trained, fails, strict=True) if f)
 
         evaluate: tuple[int, ...] = ()
-        if self.fraction_evaluate > 0:
-            n_eval = min(self.num_clients, max(1, int(self.num_clients * self.fraction_evaluate)))
+        # Federated evaluation draws among the clients that hold test examples: one with none
+        # has nothing to report (and an all-empty round would leave nothing to average).
+        pool = np.arange(self.num_clients) if self.evaluable is None else np.array(self.evaluable)
+        if self.fraction_evaluate > 0 and len(pool):
+            n_eval = min(len(pool), max(1, int(self.num_clients * self.fraction_evaluate)))
             rng = self._rng(server_round, _EVALUATE)
-            evaluate = tuple(np.sort(rng.choice(self.num_clients, n_eval, replace=False)).tolist())
+            evaluate = tuple(np.sort(rng.choice(pool, n_eval, replace=False)).tolist())
         return RoundPlan(
             server_round=server_round,
             sampled=tuple(sampled.tolist()),

@@ -182,7 +182,7 @@ def run_server(
     With ``saved``, continue after the checkpointed round with every piece of state restored.
     """
     cfg = exp.cfg
-    fedlab_grid = FedlabGrid(grid, exp.scheduler())
+    fedlab_grid = FedlabGrid(grid, exp.scheduler(fed))
     fedlab_grid.connect(cfg.num_clients, cfg.simulation.connect_timeout_s)
     torch.manual_seed(seed_for(cfg.seed, 0))  # the initial global model
     model = build_model(cfg.model, fed.input_shape, fed.num_classes)

@@ -251,3 +251,18 @@ def test_a_crash_marks_the_record_failed_and_keeps_it(compose_cfg, tmp_path, mon
     assert results["error"] == "RuntimeError: the simulation engine broke"
     for name in ("config.yaml", "partition.png", "model_card.md"):
         assert (tmp_path / "run" / name).exists()
+
+
+def test_clients_without_test_examples_are_not_asked_to_evaluate(run_inprocess) -> None:
+    """1000 clients on 1437 examples: one or two each, none kept for testing on most."""
+    _, fed, record, grid = run_inprocess("num_clients=1000", "num_rounds=1", "partition=iid",
+                                         "strategy.fraction_train=0.01",
+                                         "strategy.fraction_evaluate=0.01",
+                                         "model.hidden=[8]")
+    evaluated = [m for m in grid.sent if m.metadata.message_type == "evaluate"]
+    holders = {pid for pid, idx in enumerate(fed.client_test) if len(idx)}
+    assert all(grid_pid in holders for grid_pid in
+               (int(r["client"]) for r in read_csv(record.dir / "clients.csv")
+                if r["phase"] == "evaluate"))
+    assert len(evaluated) == min(10, len(holders))
+    assert record.results["rounds_completed"] == 1
