@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -146,12 +147,18 @@ def train_qsvc(
     kernel = FidelityStatevectorKernel(
         feature_map=feature_map(feature_map_name, data.num_features, reps)
     )
-    model = QSVC(quantum_kernel=kernel, C=c)
+    return _fit_and_score(
+        QSVC(quantum_kernel=kernel, C=c), data, f"qsvc[{feature_map_name}x{reps}]"
+    )
+
+
+def _fit_and_score(model: Any, data: Dataset, name: str) -> ClassifierResult:
+    """Fit a scikit-learn-style classifier and score it on both splits."""
     start = time.perf_counter()
     model.fit(data.x_train, data.y_train)
     seconds = time.perf_counter() - start
     return ClassifierResult(
-        model=f"qsvc[{feature_map_name}x{reps}]",
+        model=name,
         dataset=data.name,
         train_accuracy=float(model.score(data.x_train, data.y_train)),
         test_accuracy=float(model.score(data.x_test, data.y_test)),
@@ -180,16 +187,7 @@ def train_vqc(
         optimizer=COBYLA(maxiter=maxiter),
         initial_point=initial_point,
     )
-    start = time.perf_counter()
-    model.fit(data.x_train, data.y_train)
-    seconds = time.perf_counter() - start
-    return ClassifierResult(
-        model=f"vqc[{feature_map_name},r{reps}]",
-        dataset=data.name,
-        train_accuracy=float(model.score(data.x_train, data.y_train)),
-        test_accuracy=float(model.score(data.x_test, data.y_test)),
-        fit_seconds=seconds,
-    )
+    return _fit_and_score(model, data, f"vqc[{feature_map_name},r{reps}]")
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
