@@ -182,6 +182,8 @@ def run_server(
     With ``saved``, continue after the checkpointed round with every piece of state restored.
     """
     cfg = exp.cfg
+    if hasattr(grid, "pull_interval"):  # Flower's in-memory Grid (simulation)
+        grid.pull_interval = cfg.simulation.pull_interval_s
     fedlab_grid = FedlabGrid(grid, exp.scheduler(fed))
     fedlab_grid.connect(cfg.num_clients, cfg.simulation.connect_timeout_s)
     torch.manual_seed(seed_for(cfg.seed, 0))  # the initial global model
