@@ -1259,24 +1259,19 @@ def client_grids(
     return regions, profile
 
 
-def client_grid_intensity(cfg: Any, num_clients: int, seed: int) -> Callable[[int, int], float]:
-    """gCO2e/kWh of each client's grid at the start of a round, on the simulated clock.
+def client_grid_intensity(cfg: Any, num_clients: int, seed: int) -> Callable[[int, float], float]:
+    """gCO2e/kWh of each client's grid at a time on the run's simulated clock.
 
-    Round r starts at (r - 1) * ``cfg.hours_per_round`` hours; without an hourly profile the
-    intensity is the region's annual value. Used by carbon-aware client selection and by the
-    ledger, so both see the same grid.
+    The clock is the scheduler's (:meth:`fedlab.schedule.Scheduler.round_start_s`); without
+    an hourly profile the intensity is the region's annual value. Used by carbon-aware client
+    selection, by the ledger and by the device model, so all three see the same grid.
     """
     regions, profile = client_grids(cfg, num_clients, seed)
 
-    def intensity(client: int, server_round: int) -> float:
-        return _intensity(regions[client], round_start_s(cfg, server_round), profile)
+    def intensity(client: int, sim_time_s: float) -> float:
+        return _intensity(regions[client], sim_time_s, profile)
 
     return intensity
-
-
-def round_start_s(cfg: Any, server_round: int) -> float:
-    """Simulated seconds at which ``server_round`` starts (``carbon.hours_per_round`` each)."""
-    return (server_round - 1) * cfg.hours_per_round * 3600.0
 
 
 class RunCarbon:
@@ -1288,13 +1283,20 @@ class RunCarbon:
     section. ``cfg`` is a :class:`fedlab.config.CarbonConfig`.
     """
 
-    def __init__(self, cfg: Any, run_dir: Path, num_clients: int, seed: int) -> None:
+    def __init__(
+        self,
+        cfg: Any,
+        run_dir: Path,
+        num_clients: int,
+        seed: int,
+        links: Sequence[str] | None = None,
+    ) -> None:
         self.cfg = cfg
         network = NetworkModel.from_config(cfg.network)
         regions, profile = client_grids(cfg, num_clients, seed)
-        self.ledger = CarbonLedger(
-            regions, cfg.country, network, assign_links(num_clients, cfg.links, network), profile
-        )
+        if links is None:  # simulated devices bring their own links
+            links = assign_links(num_clients, cfg.links, network)
+        self.ledger = CarbonLedger(regions, cfg.country, network, links, profile)
         self.tracker = HostTracker(
             run_dir,
             cfg.country,
@@ -1316,12 +1318,13 @@ class RunCarbon:
         self._server_cpu0 = time.process_time()
 
     def end_round(
-        self, server_round: int, rows: Sequence[Mapping[str, Any]]
+        self, server_round: int, rows: Sequence[Mapping[str, Any]], sim_time_s: float
     ) -> tuple[dict[str, float], dict[int, dict[str, Any]]]:
         """Close the round; returns its ``rounds.csv`` columns and per-client columns.
 
         ``rows`` are the round's ``clients.csv`` rows: each client's reported CPU seconds
-        (train and evaluate) and the bytes it moved.
+        (train and evaluate) and the bytes it moved; ``sim_time_s`` is the round's start on
+        the simulated clock (for hourly intensity profiles).
         """
         server_cpu_s = time.process_time() - self._server_cpu0
         assert self._round is not None, "end_round without start_round"
@@ -1336,7 +1339,7 @@ class RunCarbon:
             moved[cid] = (down + int(r.get("bytes_down") or 0), up + int(r.get("bytes_up") or 0))
         row = self.ledger.record_round(
             server_round,
-            sim_time_s=round_start_s(self.cfg, server_round),
+            sim_time_s=sim_time_s,
             client_cpu_s=cpu,
             bytes_by_client=moved,
             host=self._measurement,

@@ -282,7 +282,7 @@ class CarbonConfig:
     links: Any = "wired"
     network: Any = None
     intensity_profile: str | None = None
-    hours_per_round: float = 1.0
+    hours_per_round: float = 1.0  # with simulated devices, their round times are the clock
 
     def __post_init__(self) -> None:
         require_choice(self.tracking_mode, "carbon.tracking_mode", ("machine", "process"))
@@ -292,6 +292,101 @@ class CarbonConfig:
         for key in ("force_cpu_power", "force_ram_power"):
             value = getattr(self, key)
             require(value is None or value > 0, f"carbon.{key}", "must be > 0 watts or null")
+
+
+@dataclass
+class DeviceProfileConfig:
+    """One edge device type (``devices.profiles.devices.<name>``); sources in the YAML."""
+
+    gflops: float = MISSING  # sustained training throughput, GFLOP/s
+    active_w: float = MISSING  # power while training, W
+    idle_w: float = MISSING  # power while waiting in a round, W
+    link: str = MISSING  # default network link, a key of devices.profiles.links
+    source: str = ""
+
+
+@dataclass
+class LinkProfileConfig:
+    """One network link type (``devices.profiles.links.<name>``)."""
+
+    down_mbps: float = MISSING
+    up_mbps: float = MISSING
+    transfer_w: float = MISSING  # the device's power while its radio or NIC transfers, W
+    source: str = ""
+
+
+@dataclass
+class DeviceLibraryConfig:
+    """The device and link profiles a mix can draw from (``conf/devices/profiles/``)."""
+
+    devices: dict[str, DeviceProfileConfig] = field(default_factory=dict)
+    links: dict[str, LinkProfileConfig] = field(default_factory=dict)
+
+
+@dataclass
+class DevicesConfig:
+    """Simulated edge devices (the ``devices`` group; ``devices=none`` turns them off).
+
+    ``mix`` gives each client a device: null (off), one device name, a weighted mix
+    ``{device: weight}`` assigned with the seed, or ``{client_id: device, default: device}``.
+    ``links`` overrides the devices' own links in the same forms (null: each device's own).
+    With devices on, a round lasts as long as its slowest client's transfers and compute on
+    its device, the run's simulated clock is the sum of those rounds (it replaces
+    ``carbon.hours_per_round`` for hourly intensity profiles), and a client whose round would
+    take longer than ``deadline_s`` is a straggler (``stragglers.policy`` says whether it is
+    dropped or trains only what fits). ``count_idle`` adds the idle power of clients waiting
+    for the slowest one to the edge energy.
+    """
+
+    mix: Any = None
+    links: Any = None
+    deadline_s: float | None = None
+    count_idle: bool = True
+    profiles: DeviceLibraryConfig = field(default_factory=DeviceLibraryConfig)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether clients are simulated on devices."""
+        return self.mix is not None
+
+    def __post_init__(self) -> None:
+        require(
+            self.deadline_s is None or (self.deadline_s > 0 and math.isfinite(self.deadline_s)),
+            "devices.deadline_s",
+            f"must be > 0 seconds or null, got {self.deadline_s}",
+        )
+        require(
+            self.deadline_s is None or self.mix is not None,
+            "devices.deadline_s",
+            "needs devices to time the clients: choose devices=<mix> or set devices.mix",
+        )
+        for name, device in self.profiles.devices.items():
+            for key in ("gflops", "active_w"):
+                value = getattr(device, key)
+                require(
+                    value > 0, f"devices.profiles.devices.{name}.{key}", f"must be > 0, got {value}"
+                )
+            require(
+                device.idle_w >= 0,
+                f"devices.profiles.devices.{name}.idle_w",
+                f"must be >= 0, got {device.idle_w}",
+            )
+            require(
+                device.link in self.profiles.links,
+                f"devices.profiles.devices.{name}.link",
+                f"must be one of {', '.join(sorted(self.profiles.links))}; got '{device.link}'",
+            )
+        for name, link in self.profiles.links.items():
+            for key in ("down_mbps", "up_mbps"):
+                value = getattr(link, key)
+                require(
+                    value > 0, f"devices.profiles.links.{name}.{key}", f"must be > 0, got {value}"
+                )
+            require(
+                link.transfer_w >= 0,
+                f"devices.profiles.links.{name}.transfer_w",
+                f"must be >= 0, got {link.transfer_w}",
+            )
 
 
 @dataclass
@@ -312,6 +407,7 @@ class FedlabConfig:
     failures: FailuresConfig = field(default_factory=FailuresConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     carbon: CarbonConfig = field(default_factory=CarbonConfig)
+    devices: DevicesConfig = field(default_factory=DevicesConfig)
 
     def __post_init__(self) -> None:
         require(self.seed >= 0, "seed", f"must be a non-negative integer, got {self.seed}")

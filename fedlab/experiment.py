@@ -8,8 +8,8 @@ building what it names. Every problem surfaces as one :class:`~fedlab.config.Con
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import ConfigRecord
 from hydra.utils import get_class
@@ -21,6 +21,9 @@ from fedlab.datasets import DatasetSpec
 from fedlab.partition import FederatedData, partition
 from fedlab.schedule import Scheduler
 from fedlab.strategy import build_strategy, check_robust_aggregation
+
+if TYPE_CHECKING:
+    from fedlab.devices import Fleet
 
 
 def _omegaconf_message(err: OmegaConfBaseException, group: str) -> ConfigError:
@@ -90,12 +93,33 @@ def check_carbon(carbon: Any, num_clients: int, seed: int) -> None:
             raise ConfigError(key, str(err).splitlines()[0]) from None
 
 
+def check_devices(cfg: FedlabConfig) -> None:
+    """Check the device mix and links against the profile library before the run starts."""
+    from fedlab.devices import assign
+
+    devices = cfg.devices
+    library = devices.profiles
+    try:
+        assign(cfg.num_clients, devices.mix, library.devices, cfg.seed, "devices.mix")
+        if devices.links is not None:
+            assign(cfg.num_clients, devices.links, library.links, cfg.seed, "devices.links")
+    except (ValueError, TypeError) as err:
+        key, _, message = str(err).partition(": ")
+        raise ConfigError(key, message) from None
+    require(
+        cfg.carbon.links == "wired",
+        "carbon.links",
+        "with simulated devices each client's link is its device's: set devices.links instead",
+    )
+
+
 @dataclass
 class Experiment:
     """A validated experiment: the typed config and the objects its groups name."""
 
     cfg: FedlabConfig
     dataset: DatasetSpec
+    _fleet: tuple[FederatedData, Fleet] | None = field(default=None, repr=False)
 
     @classmethod
     def from_config(cls, raw: DictConfig) -> Experiment:
@@ -107,6 +131,8 @@ class Experiment:
         check_robust_aggregation(cfg.strategy, exp.scheduler().sample_size())
         if cfg.carbon.enabled or cfg.strategy.selection == "carbon_aware":
             check_carbon(cfg.carbon, cfg.num_clients, cfg.seed)
+        if cfg.devices.enabled:
+            check_devices(cfg)
         if cfg.privacy.mode == "central":
             from fedlab.privacy import validate_central_dp_strategy
 
@@ -131,8 +157,13 @@ class Experiment:
         return self.cfg.strategy.straggler_policy if policy == "auto" else policy
 
     def scheduler(self, fed: FederatedData | None = None) -> Scheduler:
-        """The seeded round schedule for this experiment (over ``fed``'s clients if given)."""
+        """The seeded round schedule for this experiment (over ``fed``'s clients if given).
+
+        Simulated devices (their round times, the deadline) need the data: without ``fed``
+        the schedule has no device clock, which only the counts it gives do not need.
+        """
         cfg = self.cfg
+        fleet = self.fleet(fed) if fed is not None else None
         evaluate = cfg.strategy.fraction_evaluate if self.dataset.client_test_fraction > 0 else 0.0
         return Scheduler(
             seed=cfg.seed,
@@ -146,16 +177,64 @@ class Experiment:
             failure_rate=cfg.failures.rate,
             selection=cfg.strategy.selection,
             fairness_floor=cfg.strategy.fairness_floor,
-            intensity=self._grid_intensity() if cfg.strategy.selection == "carbon_aware" else None,
+            intensity=self.grid_intensity() if cfg.strategy.selection == "carbon_aware" else None,
             evaluable=None
             if fed is None
             else tuple(pid for pid, idx in enumerate(fed.client_test) if len(idx)),
+            hours_per_round=cfg.carbon.hours_per_round,
+            fleet=fleet,
+            deadline_s=cfg.devices.deadline_s,
         )
 
-    def _grid_intensity(self) -> Any:
+    def grid_intensity(self) -> Any:
+        """(client, simulated seconds) -> gCO2e/kWh of the client's grid."""
         from fedlab.carbon import client_grid_intensity
 
         return client_grid_intensity(self.cfg.carbon, self.cfg.num_clients, self.cfg.seed)
+
+    def carbon_tracker(self, fed: FederatedData, run_dir: Any) -> Any:
+        """The run's :class:`fedlab.carbon.RunCarbon` writing into ``run_dir`` (None when
+        ``carbon=off``); clients' links are their simulated devices' when there are any."""
+        if not self.cfg.carbon.enabled:
+            return None
+        from fedlab.carbon import RunCarbon
+
+        fleet = self.fleet(fed)
+        return RunCarbon(
+            self.cfg.carbon,
+            run_dir,
+            self.cfg.num_clients,
+            self.cfg.seed,
+            links=None if fleet is None else [link.name for link in fleet.links],
+        )
+
+    def fleet(self, fed: FederatedData) -> Fleet | None:
+        """The clients' simulated devices over ``fed`` (None without ``devices``); built once."""
+        if not self.cfg.devices.enabled:
+            return None
+        if self._fleet is None or self._fleet[0] is not fed:
+            import torch
+
+            from fedlab.devices import Fleet
+            from fedlab.model import build_model
+            from fedlab.training import seed_for
+
+            cfg = self.cfg
+            torch.manual_seed(seed_for(cfg.seed, 0))  # any weights: FLOPs depend on shapes
+            model = build_model(cfg.model, fed.input_shape, fed.num_classes)
+            fleet = Fleet.from_config(
+                cfg.devices,
+                model,
+                fed.input_shape,
+                fed.num_classes,
+                [len(idx) for idx in fed.client_train],
+                [len(idx) for idx in fed.client_test],
+                cfg.client.batch_size,
+                cfg.seed,
+                poisson=cfg.privacy.mode == "local",
+            )
+            self._fleet = (fed, fleet)
+        return self._fleet[1]
 
     def load_data(self) -> FederatedData:
         """Load the dataset and partition it among the clients."""
@@ -217,7 +296,7 @@ class Experiment:
         sizes = [len(idx) for idx in fed.client_train]
         warning = delta_warning(privacy.delta, min(sizes), unit="records of the smallest client")
         if privacy.target_epsilon is not None:
-            scheduler = self.scheduler()
+            scheduler = self.scheduler(fed)
             planned: dict[int, tuple[float, int]] = {}
             for pid, n in enumerate(sizes):
                 batches = math.ceil(n / cfg.client.batch_size)

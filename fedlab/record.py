@@ -54,6 +54,11 @@ ROUND_COLUMNS = [
     "emissions_kg",
     "compute_kg",
     "communication_kg",
+    "sim_start_s",
+    "sim_duration_s",
+    "clients_missed_deadline",
+    "edge_kwh",
+    "edge_kg",
 ]
 CLIENT_COLUMNS = [
     "round",
@@ -78,6 +83,17 @@ CLIENT_COLUMNS = [
     "region",
     "energy_kwh",
     "emissions_kg",
+    "device",
+    "device_link",
+    "device_flops",
+    "device_compute_s",
+    "device_transfer_s",
+    "device_idle_s",
+    "device_compute_kwh",
+    "device_transfer_kwh",
+    "device_idle_kwh",
+    "device_kwh",
+    "device_kg",
 ]
 
 
@@ -250,8 +266,14 @@ class RunRecord:
         """Save ``curves.png``: centralized and federated accuracy and loss per round."""
         from matplotlib.figure import Figure
 
-        fig = Figure(figsize=(10, 3.8))
-        acc_ax, loss_ax = fig.subplots(1, 2)
+        timed = [
+            (r["sim_start_s"] + r["sim_duration_s"], r["central_accuracy"])
+            for r in self.rounds
+            if r.get("sim_duration_s") is not None
+        ]
+        fig = Figure(figsize=(15 if timed else 10, 3.8))
+        axes = fig.subplots(1, 3 if timed else 2)
+        acc_ax, loss_ax = axes[0], axes[1]
         for prefix, label in (("central", "centralized"), ("federated", "federated")):
             points = [
                 (r["round"], r[f"{prefix}_accuracy"], r[f"{prefix}_loss"])
@@ -264,7 +286,15 @@ class RunRecord:
                 loss_ax.plot(rounds, loss, marker="o", ms=3, label=label)
         acc_ax.set(xlabel="round", ylabel="accuracy", title="Test accuracy")
         loss_ax.set(xlabel="round", ylabel="loss", title="Test loss")
-        for ax in (acc_ax, loss_ax):
+        if timed:  # simulated devices: time to accuracy on the edge clock
+            first = self.rounds[0]
+            start = [(0.0, first["central_accuracy"])] if first["round"] == 0 else []
+            seconds, acc = zip(*(start + timed), strict=True)
+            axes[2].plot(seconds, acc, marker="o", ms=3, label="centralized")
+            axes[2].set(
+                xlabel="simulated device time (s)", ylabel="accuracy", title="Time to accuracy"
+            )
+        for ax in axes:
             ax.grid(alpha=0.3)
             ax.legend()
         save_figure(fig, self.dir / "curves.png")

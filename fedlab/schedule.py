@@ -4,17 +4,26 @@ Everything here is a pure function of (seed, round) and the config, so every str
 same clients and the same stragglers in the same round (as FedProx's original code does by
 seeding client selection with the round number), a resumed run replays the same schedule, and
 Ray's scheduling order cannot change a result.
+
+The scheduler also keeps the run's simulated clock (:meth:`Scheduler.round_start_s`): rounds of
+``hours_per_round`` each, or, with simulated devices (:mod:`fedlab.devices`), each round as
+long as its slowest client takes on its device. Carbon-aware selection reads each client's grid
+at that clock, and a deadline turns the clients too slow for it into stragglers.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedlab.training import seed_for
+
+if TYPE_CHECKING:
+    from fedlab.devices import Fleet
 
 _SAMPLE, _STRAGGLE, _FAIL, _EVALUATE = range(4)
 
@@ -30,6 +39,7 @@ class RoundPlan:
     dropped: tuple[int, ...]  # stragglers whose work is discarded: they are not trained
     failing: frozenset[int]  # clients that will crash during training
     evaluate: tuple[int, ...]
+    missed_deadline: tuple[int, ...] = ()  # stragglers because their device is too slow
 
 
 @dataclass(frozen=True)
@@ -47,8 +57,12 @@ class Scheduler:
     failure_rate: float
     selection: str = "random"  # or "carbon_aware"
     fairness_floor: float = 0.2
-    intensity: Callable[[int, int], float] | None = None  # (client, round) -> gCO2e/kWh
+    intensity: Callable[[int, float], float] | None = None  # (client, sim s) -> gCO2e/kWh
     evaluable: tuple[int, ...] | None = None  # clients holding test examples (None: all)
+    hours_per_round: float = 1.0  # the simulated clock without devices
+    fleet: Fleet | None = None  # simulated devices: round times come from them
+    deadline_s: float | None = None  # a client slower than this is a straggler
+    _phases: list[tuple[float, float]] = field(default_factory=list, compare=False, repr=False)
 
     def _rng(self, server_round: int, stream: int) -> np.random.Generator:
         return np.random.default_rng(seed_for(self.seed, server_round, stream))
@@ -78,7 +92,8 @@ class Scheduler:
             return rng.choice(self.num_clients, k, replace=False)
         fair = rng.choice(self.num_clients, math.ceil(self.fairness_floor * k), replace=False)
         order = rng.permutation(self.num_clients)  # seeded tie-break
-        cleanest = sorted(order, key=lambda c: self.intensity(int(c), server_round))
+        start = self.round_start_s(server_round)
+        cleanest = sorted(order, key=lambda c: self.intensity(int(c), start))
         rest = [c for c in cleanest if c not in set(fair.tolist())][: k - len(fair)]
         return np.concatenate([fair, np.asarray(rest, dtype=fair.dtype)])
 
@@ -102,6 +117,20 @@ class Scheduler:
             else:  # with one local epoch, partial work is a random share of that epoch
                 epochs[pid] = float(rng.uniform(0.05, 0.95))
 
+        missed: list[int] = []
+        if self.fleet is not None and self.deadline_s is not None:
+            for pid in sorted(epochs):
+                fits = self.fleet.epochs_within(pid, epochs[pid], self.deadline_s)
+                if fits == epochs[pid]:
+                    continue
+                missed.append(pid)
+                stragglers.add(pid)
+                if self.straggler_policy == "partial" and fits > 0:
+                    epochs[pid] = fits  # FedProx: the work that fits is aggregated
+                else:
+                    del epochs[pid]
+                    dropped.append(pid)
+
         rng = self._rng(server_round, _FAIL)
         trained = sorted(epochs)
         fails = rng.random(len(trained)) < self.failure_rate
@@ -120,7 +149,29 @@ class Scheduler:
             sampled=tuple(sampled.tolist()),
             epochs=epochs,
             stragglers=tuple(sorted(stragglers)),
-            dropped=tuple(dropped),
+            dropped=tuple(sorted(dropped)),
             failing=failing,
             evaluate=evaluate,
+            missed_deadline=tuple(missed),
         )
+
+    def phases_s(self, server_round: int) -> tuple[float, float]:
+        """(training, evaluation) seconds of ``server_round`` on the simulated devices."""
+        assert self.fleet is not None, "round phases need simulated devices"
+        plan = self.plan(server_round)
+        return self.fleet.round_seconds(
+            plan.epochs, plan.evaluate, plan.failing, self.deadline_s, plan.missed_deadline
+        )
+
+    def round_start_s(self, server_round: int) -> float:
+        """Simulated seconds from the start of the run to the start of ``server_round``.
+
+        Without devices, ``hours_per_round`` per round. With them, the sum of the earlier
+        rounds' device times, worked out forward one round at a time (a round's plan may
+        depend on the clock at its start, through carbon-aware selection) and kept.
+        """
+        if self.fleet is None:
+            return (server_round - 1) * self.hours_per_round * 3600.0
+        while len(self._phases) < server_round - 1:
+            self._phases.append(self.phases_s(len(self._phases) + 1))
+        return math.fsum(sum(p) for p in self._phases[: server_round - 1])

@@ -12,6 +12,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedlab import checkpoint
 from fedlab.carbon import RunCarbon
+from fedlab.devices import DeviceLedger
 from fedlab.experiment import Experiment
 from fedlab.grid import FedlabGrid, RoundTally
 from fedlab.model import build_model
@@ -44,9 +45,11 @@ class RoundCloser:
         carbon: RunCarbon | None,
         strategy: Any,
         offset: int = 0,
+        devices: DeviceLedger | None = None,
     ) -> None:
         self.exp, self.fed, self.grid, self.record = exp, fed, grid, record
         self.privacy, self.carbon, self.strategy = privacy, carbon, strategy
+        self.devices = devices
         self.offset = offset
         self.model = build_model(exp.cfg.model, fed.input_shape, fed.num_classes)
         self.started = time.perf_counter()
@@ -69,9 +72,22 @@ class RoundCloser:
                     client_row["epsilon"] = per_client[client_row["client"]]
             row["epsilon"] = self.privacy.epsilon if tally else 0.0
             extra["privacy"] = self.privacy.summary()
+        scheduler = self.grid.scheduler
+        if self.devices is not None and tally:
+            columns = self.devices.record_round(
+                server_round,
+                tally.rows,
+                scheduler.round_start_s(server_round),
+                scheduler.phases_s(server_round),
+                len(tally.plan.missed_deadline),
+            )
+            row.update({k: v for k, v in columns.items() if k in DEVICE_ROUND_COLUMNS})
+            extra["devices"] = self.devices.summary()
         if self.carbon is not None:
             if tally:
-                columns, per_client = self.carbon.end_round(server_round, tally.rows)
+                columns, per_client = self.carbon.end_round(
+                    server_round, tally.rows, scheduler.round_start_s(server_round)
+                )
                 row.update(columns)
                 for client_row in tally.rows:  # each client's share, on its first row
                     client_row.update(per_client.pop(client_row["client"], {}))
@@ -111,6 +127,7 @@ class RoundCloser:
                 {
                     "privacy": self.privacy.state_dict() if self.privacy else None,
                     "carbon": self.carbon.state_dict() if self.carbon else None,
+                    "devices": self.devices.state_dict() if self.devices else None,
                 },
             )
         clients = (
@@ -120,6 +137,8 @@ class RoundCloser:
         )
         if self.privacy is not None and tally:
             clients += f" | eps {self.privacy.epsilon:.3g}"
+        if self.devices is not None and tally:
+            clients += f" | edge {row['sim_start_s'] + row['sim_duration_s']:.1f} s sim"
         log.info(
             "round %3d/%d | acc %.4f | loss %.4f | fed acc %s | %s | %.1f s",
             server_round,
@@ -131,6 +150,16 @@ class RoundCloser:
             row["elapsed_s"],
         )
         return MetricRecord({"loss": loss, "accuracy": accuracy})
+
+
+#: The device ledger's round columns that go into ``rounds.csv``.
+DEVICE_ROUND_COLUMNS = (
+    "sim_start_s",
+    "sim_duration_s",
+    "clients_missed_deadline",
+    "edge_kwh",
+    "edge_kg",
+)
 
 
 def round_row(
@@ -197,6 +226,9 @@ def run_server(
         if cfg.privacy.mode == "central":
             strategy, _ = central_dp_strategy(strategy, cfg.privacy, per_round, cfg.num_clients)
             privacy.flower_strategy = strategy
+    devices = None
+    if cfg.devices.enabled:
+        devices = DeviceLedger(exp.fleet(fed), exp.grid_intensity(), cfg.devices.count_idle)
     done = 0
     if saved is not None:
         done = saved.server_round
@@ -206,6 +238,8 @@ def run_server(
         scheduled.round_offset = done
         if privacy is not None:
             privacy.load_state_dict(saved.state["privacy"])
+        if devices is not None:
+            devices.load_state_dict(saved.state["devices"])
     result = strategy.start(
         grid=fedlab_grid,
         initial_arrays=initial,
@@ -213,7 +247,9 @@ def run_server(
         timeout=cfg.simulation.round_timeout_s,
         train_config=exp.train_config(),
         evaluate_config=ConfigRecord(),
-        evaluate_fn=RoundCloser(exp, fed, fedlab_grid, record, privacy, carbon, strategy, done),
+        evaluate_fn=RoundCloser(
+            exp, fed, fedlab_grid, record, privacy, carbon, strategy, done, devices
+        ),
     )
     final = result.arrays if len(result.arrays) else initial
     record.save_model(final.to_torch_state_dict())

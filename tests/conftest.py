@@ -111,11 +111,7 @@ def run_inprocess(compose_cfg, tmp_path):
         )
         record = RunRecord(run_dir or tmp_path / f"run-{len(list(tmp_path.iterdir()))}")
         record.start("{}", {"rounds_completed": 0})
-        tracker = None
-        if carbon:
-            from fedlab.carbon import RunCarbon
-
-            tracker = RunCarbon(exp.cfg.carbon, record.dir, exp.cfg.num_clients, exp.cfg.seed)
+        tracker = exp.carbon_tracker(fed, record.dir) if carbon else None
         run_server(grid, exp, fed, record, tracker)
         if tracker is not None:
             record.update(carbon=tracker.summary(tracker.stop()))

@@ -12,7 +12,7 @@ from fedlab.experiment import Experiment
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
-GROUPS = ["dataset", "partition", "model", "strategy", "client", "simulation"]
+GROUPS = ["dataset", "partition", "model", "strategy", "client", "simulation", "devices"]
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
