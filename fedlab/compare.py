@@ -249,6 +249,7 @@ class Metric:
     header: str  # column in the printed table ("" keeps it out of the table)
     paths: tuple[tuple[str, ...], ...]
     fmt: Callable[[float], str]
+    optional: bool = False  # in the printed table only when some run records it
 
     def of(self, run: Run) -> float | None:
         """The metric for ``run``; None when any part is missing."""
@@ -284,9 +285,13 @@ def _general(v: float) -> str:
 
 
 def _metric(
-    name: str, header: str, *paths: tuple[str, ...], fmt: Callable[[float], str] = _general
+    name: str,
+    header: str,
+    *paths: tuple[str, ...],
+    fmt: Callable[[float], str] = _general,
+    optional: bool = False,
 ) -> Metric:
-    return Metric(name, header, paths or ((name,),), fmt)
+    return Metric(name, header, paths or ((name,),), fmt, optional)
 
 
 METRICS: dict[str, Metric] = {
@@ -313,6 +318,12 @@ METRICS: dict[str, Metric] = {
         _metric("bytes_up", "", ("communication", "bytes_up"), fmt=_fixed(0)),
         _metric("rounds_completed", "", fmt=_fixed(0)),
         _metric("duration_s", "duration s", fmt=_fixed(1)),
+        # simulated edge devices (devices group): what the clients' devices would have spent
+        _metric("edge_kwh", "edge kWh", ("devices", "edge_kwh"), optional=True),
+        _metric("edge_kg", "edge kgCO2e", ("devices", "edge_kg"), optional=True),
+        _metric(
+            "sim_time_s", "sim time s", ("devices", "sim_time_s"), fmt=_fixed(1), optional=True
+        ),
     )
 }
 
@@ -332,11 +343,13 @@ class Front:
     name: str  # "carbon" -> column pareto_carbon, plot pareto_carbon.png
     cost: str  # a METRICS name
     axis: str  # axis label of the cost
+    optional: bool = False  # in the printed table only when some run records the cost
 
 
 FRONTS = (
     Front("carbon", "emissions_kg", "emissions (kgCO2e)"),
     Front("privacy", "epsilon", "privacy loss ε (lower is more private)"),
+    Front("edge", "edge_kg", "simulated edge-device emissions (kgCO2e)", optional=True),
 )
 
 
@@ -485,12 +498,19 @@ def build_table(rows: Sequence[Row], key_names: Sequence[str], grouped: bool) ->
     A group's cell reads ``mean ± std`` (sample std, n-1), or just the mean when only one
     completed run has the value; ``-`` means no run has it.
     """
-    metrics = [m for m in METRICS.values() if m.header]
+    metrics = [
+        m
+        for m in METRICS.values()
+        if m.header and (not m.optional or any(row.mean[m.name] is not None for row in rows))
+    ]
+    fronts = [
+        f for f in FRONTS if not f.optional or any(row.fronts[f.name] is not None for row in rows)
+    ]
     count = ["n"] if grouped else []
     headers = ([] if grouped else ["run"]) + [display_key(k) for k in key_names] + count
-    headers += [m.header for m in metrics] + ["status"] + [f"pareto {f.name}" for f in FRONTS]
+    headers += [m.header for m in metrics] + ["status"] + [f"pareto {f.name}" for f in fronts]
     numeric = [False] * (len(key_names) + int(not grouped)) + [True] * (len(count) + len(metrics))
-    numeric += [False] * (1 + len(FRONTS))
+    numeric += [False] * (1 + len(fronts))
     body = []
     for row in rows:
         cells = ([] if grouped else [row.label]) + [cell(row.keys.get(k)) or "-" for k in key_names]
@@ -500,7 +520,7 @@ def build_table(rows: Sequence[Row], key_names: Sequence[str], grouped: bool) ->
             text = "-" if mean is None else m.fmt(mean)
             cells.append(text if std is None else f"{text} ± {m.fmt(std)}")
         cells.append(row.status)
-        cells += [{True: "*", False: "", None: "-"}[row.fronts[f.name]] for f in FRONTS]
+        cells += [{True: "*", False: "", None: "-"}[row.fronts[f.name]] for f in fronts]
         body.append(cells)
     return Table(headers, body, numeric)
 
@@ -640,7 +660,8 @@ def markdown_report(result: Comparison) -> str:
     sections = ["# fedlab comparison", ""]
     sections.append(
         f"{len(result.runs)} run(s). Pareto fronts: maximize {result.metric}, minimize "
-        "kgCO2e (pareto carbon) or epsilon (pareto privacy); `*` on the front, `-` not "
+        "kgCO2e (pareto carbon), epsilon (pareto privacy) or the simulated edge devices' "
+        "kgCO2e (pareto edge); `*` on the front, `-` not "
         "compared (incomplete, or the value was not recorded)."
     )
     for title, table in tables(result):

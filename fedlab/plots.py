@@ -61,6 +61,10 @@ def write_plots(result: Comparison, out: Path) -> tuple[list[str], list[tuple[st
             lambda: per_round_figure(result, "emissions_kg", "kgCO2e", cumulative=True),
         ),
         ("emissions_per_region.png", lambda: region_figure(result)),
+        (
+            f"{result.metric}_vs_sim_time.png",
+            lambda: sim_time_figure(result, column, result.metric),
+        ),
     ]
     written, skipped = [], []
     for name, build in builders:
@@ -179,6 +183,40 @@ def per_round_figure(
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _legend(axes[-1], legend, dashed=any(not run.completed for run, _, _ in series))
+    return fig
+
+
+def sim_time_figure(result: Comparison, column: str, ylabel: str) -> Figure | str:
+    """``column`` against the simulated edge-device clock (time to accuracy): each round's
+    value at the simulated time its round ended, from 0 s for the initial model."""
+    series = []
+    for run in result.runs:
+        rounds, values = run.round_values(column)
+        starts = dict(zip(*run.round_values("sim_start_s"), strict=True))
+        spans = dict(zip(*run.round_values("sim_duration_s"), strict=True))
+        points = [
+            (0.0 if r == 0 else starts[r] + spans[r], v)
+            for r, v in zip(rounds, values, strict=True)
+            if r == 0 or (r in starts and r in spans)
+        ]
+        if any(r > 0 for r in spans):
+            series.append((run, points))
+    if not series:
+        return "no run has simulated devices (devices group) in rounds.csv"
+    colors, legend = _run_colors(result)
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    for run, points in series:
+        seconds, values = zip(*points, strict=True)
+        style = {"color": colors[id(run)], "ls": "-" if run.completed else "--", "lw": 1.2}
+        ax.plot(seconds, values, marker="o", ms=2.5, **style)
+    ax.set(
+        xlabel="simulated edge-device time (s)",
+        ylabel=ylabel,
+        title=f"{ylabel} against simulated time",
+    )
+    ax.grid(alpha=0.3)
+    _legend(ax, legend, dashed=any(not run.completed for run, _ in series))
     return fig
 
 

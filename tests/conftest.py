@@ -96,7 +96,16 @@ def run_inprocess(compose_cfg, tmp_path):
     from fedlab.record import RunRecord
     from fedlab.server_app import run_server
 
-    def _run(*overrides: str, app_override=None, run_dir=None, reverse=True, carbon=False, drop=()):
+    def _run(
+        *overrides: str,
+        app_override=None,
+        run_dir=None,
+        reverse=True,
+        carbon=False,
+        drop=(),
+        resume=None,
+    ):
+        """``resume``: a run dir to continue from its checkpoint, as ``fedlab-run resume=``."""
         exp = Experiment.from_config(compose_cfg(*overrides))
         fed, _ = exp.prepare()
         path = tmp_path / f"fed-{len(list(tmp_path.iterdir()))}.npz"
@@ -109,10 +118,17 @@ def run_inprocess(compose_cfg, tmp_path):
             reverse,
             drop,
         )
-        record = RunRecord(run_dir or tmp_path / f"run-{len(list(tmp_path.iterdir()))}")
-        record.start("{}", {"rounds_completed": 0})
+        saved = None
+        if resume is not None:
+            from fedlab import checkpoint
+
+            saved = checkpoint.load(resume)
+            record = RunRecord.resume(resume, saved.server_round)
+        else:
+            record = RunRecord(run_dir or tmp_path / f"run-{len(list(tmp_path.iterdir()))}")
+            record.start("{}", {"rounds_completed": 0})
         tracker = exp.carbon_tracker(fed, record.dir) if carbon else None
-        run_server(grid, exp, fed, record, tracker)
+        run_server(grid, exp, fed, record, tracker, saved)
         if tracker is not None:
             record.update(carbon=tracker.summary(tracker.stop()))
         return exp, fed, record, grid

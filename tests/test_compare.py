@@ -276,7 +276,7 @@ def test_fronts_match_the_hand_computed_ones(sweep: Path) -> None:
     assert {k for k, f in fronts.items() if f["carbon"]} == {"a", "b", "e"}
     assert {k for k, f in fronts.items() if f["privacy"]} == {"a", "b", "c"}
     assert fronts["d"]["privacy"] is None  # no epsilon: not compared, not "dominated"
-    assert fronts["f"] == {"carbon": None, "privacy": None}  # failed: listed, not ranked
+    assert fronts["f"] == {"carbon": None, "privacy": None, "edge": None}  # listed, not ranked
     assert [row.label for row in result.rows] == list(FIVE)
     assert any("f (failed)" in note for note in result.notes)
 

@@ -264,3 +264,40 @@ def test_a_run_records_device_time_energy_and_emissions(run_inprocess) -> None:
     assert missed == results["devices"]["clients_missed_deadline"] > 0
     dropped = {int(r["client"]) for r in clients if r["status"] == "dropped"}
     assert dropped and dropped <= set(phones)
+
+
+def test_compare_shows_edge_emissions_and_time_to_accuracy(run_inprocess, tmp_path) -> None:
+    from fedlab.compare import main
+
+    root = tmp_path / "sweep"
+    for name, mix in (("0", "devices=edge_mix"), ("1", "devices=phones")):
+        _, _, record, _ = run_inprocess(mix, "num_rounds=2", run_dir=root / name)
+        record.finish("completed")
+    out = tmp_path / "report"
+    assert main([str(root), "--out", str(out)]) == 0
+    rows = {r["run"]: r for r in read_csv(out / "comparison.csv")}
+    for name in ("0", "1"):
+        results = json.loads((root / name / "results.json").read_text())
+        assert float(rows[name]["edge_kg"]) == pytest.approx(results["devices"]["edge_kg"])
+        assert float(rows[name]["sim_time_s"]) == pytest.approx(results["devices"]["sim_time_s"])
+        assert rows[name]["pareto_edge"] in ("True", "False")
+    assert (out / "pareto_edge.png").is_file() and (out / "accuracy_vs_sim_time.png").is_file()
+    assert "edge kgCO2e" in (out / "comparison.md").read_text()
+
+
+def test_a_resumed_run_continues_the_device_totals_and_clock(run_inprocess, tmp_path) -> None:
+    common = ("devices=edge_mix", "devices.deadline_s=0.05", "strategy=fedprox")
+    _, _, whole, _ = run_inprocess(*common, "num_rounds=4", run_dir=tmp_path / "whole")
+    _, _, part, _ = run_inprocess(*common, "num_rounds=2", run_dir=tmp_path / "part")
+    run_inprocess(*common, "num_rounds=4", resume=tmp_path / "part")
+    expected = json.loads((whole.dir / "results.json").read_text())["devices"]
+    resumed = json.loads((part.dir / "results.json").read_text())["devices"]
+    for key in ("edge_kwh", "edge_kg", "flops", "sim_time_s", "clients_missed_deadline"):
+        assert resumed[key] == pytest.approx(expected[key]), key
+    columns = ("round", "central_accuracy", "sim_start_s", "sim_duration_s", "edge_kwh")
+
+    def table(record) -> list[float]:
+        rows = read_csv(record.dir / "rounds.csv")
+        return [float(r[c] or 0) for r in rows for c in columns]
+
+    assert table(part) == pytest.approx(table(whole), rel=1e-12)
