@@ -51,6 +51,11 @@ def run_hydra_app(hydra_main: Callable[[], Any], prog: str = PROG) -> None:
     sys.stderr = captured
     try:
         hydra_main()
+    except ValueError as err:  # Hydra's own argument checks (e.g. --multirun with --cfg)
+        if sys.stderr is not captured:
+            raise
+        sys.stderr = REAL_STDERR
+        fail(str(err).strip().splitlines()[0], 2, prog)
     except SystemExit as exit_:
         if sys.stderr is captured and exit_.code not in (0, None):
             sys.stderr = REAL_STDERR

@@ -76,6 +76,9 @@ BAD = [
     (["client.batch_size=0"], "client.batch_size: must be >= 1"),
     (["model.hidden=[0]"], "model: hidden layer sizes must be >= 1, got [0]"),
     (["dataset.test_fraction=0"], "dataset.test_fraction: must be in (0, 1)"),
+    (["devices.mix=tablet"], "devices.mix: unknown 'tablet'; choose from"),
+    (["devices.deadline_s=1"], "devices.deadline_s: needs devices to time the clients"),
+    (["-m", "--cfg", "job"], "Only one of --run, --multirun, --cfg"),
 ]
 
 
