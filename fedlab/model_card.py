@@ -43,6 +43,7 @@ def write_model_card(run_dir: Path) -> Path:
         _robustness(run),
         _privacy(run.results.get("privacy") or {}),
         _carbon(run.results.get("carbon") or {}, run.results.get("communication") or {}),
+        *([_devices(run.results["devices"])] if run.results.get("devices") else []),
         _reproduce(run),
     ]
     path = run_dir / CARD
@@ -380,6 +381,35 @@ def _carbon(carbon: dict[str, Any], communication: dict[str, Any]) -> str:
             f"| {name} | {r.get('clients', 'n/a')} | {_num(r.get('compute_kg'), '.3g')} | "
             f"{_num(r.get('communication_kg'), '.3g')} | {_num(r.get('emissions_kg'), '.3g')} |"
             for name, r in sorted(regions.items())
+        ]
+    return "\n".join(lines)
+
+
+def _devices(devices: dict[str, Any]) -> str:
+    """The simulated edge devices: what the same training would cost on them (a model)."""
+    lines = [
+        "## Simulated edge devices",
+        "",
+        f"Modelled, not measured (docs/devices.md): on its devices this training would take "
+        f"{_num(devices.get('sim_time_s'), '.3g')} s of simulated time and "
+        f"{_num(devices.get('edge_kwh'), '.3g')} kWh ({_num(devices.get('edge_kg'), '.3g')} "
+        f"kgCO2e at the clients' grids); {devices.get('clients_missed_deadline', 0)} "
+        "client-rounds missed the deadline.",
+        "",
+        "| device | clients | GFLOP | compute s | transfer s | kWh | kgCO2e |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, d in sorted((devices.get("by_device") or {}).items()):
+        lines.append(
+            f"| {name} | {d.get('clients', 'n/a')} | {_num(d.get('flops', 0) / 1e9, '.3g')} "
+            f"| {_num(d.get('compute_s'), '.3g')} | {_num(d.get('transfer_s'), '.3g')} "
+            f"| {_num(d.get('kwh'), '.3g')} | {_num(d.get('kg'), '.3g')} |"
+        )
+    sources = devices.get("profiles") or {}
+    if sources:
+        lines += [
+            "",
+            "Profiles: " + "; ".join(f"{k}: {v.get('source')}" for k, v in sources.items()),
         ]
     return "\n".join(lines)
 

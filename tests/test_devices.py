@@ -301,3 +301,12 @@ def test_a_resumed_run_continues_the_device_totals_and_clock(run_inprocess, tmp_
         return [float(r[c] or 0) for r in rows for c in columns]
 
     assert table(part) == pytest.approx(table(whole), rel=1e-12)
+
+
+def test_the_model_card_states_the_device_model(run_inprocess) -> None:
+    from fedlab.model_card import write_model_card
+
+    _, _, record, _ = run_inprocess("devices=boards", "num_rounds=1")
+    card = write_model_card(record.dir).read_text()
+    assert "## Simulated edge devices" in card and "Modelled, not measured" in card
+    assert "| rpi4 | 7 |" in card and "| jetson_nano | 3 |" in card
