@@ -310,3 +310,36 @@ def test_the_model_card_states_the_device_model(run_inprocess) -> None:
     card = write_model_card(record.dir).read_text()
     assert "## Simulated edge devices" in card and "Modelled, not measured" in card
     assert "| rpi4 | 7 |" in card and "| jetson_nano | 3 |" in card
+
+
+def test_carbon_aware_selection_reads_the_grid_at_the_device_clock() -> None:
+    from fedlab.schedule import Scheduler
+
+    seen: list[float] = []
+
+    def intensity(client: int, t: float) -> float:
+        seen.append(t)
+        return float(client)  # client 0 has the cleanest grid
+
+    scheduler = Scheduler(
+        seed=0,
+        num_clients=2,
+        fraction_train=0.5,
+        min_train_clients=1,
+        fraction_evaluate=0.0,
+        local_epochs=2,
+        straggler_fraction=0.0,
+        straggler_policy="drop",
+        failure_rate=0.0,
+        selection="carbon_aware",
+        fairness_floor=0.0,
+        intensity=intensity,
+        fleet=_fleet(),
+    )
+    for server_round in (1, 2, 3):
+        start = scheduler.round_start_s(server_round)  # works out the earlier rounds' plans
+        seen.clear()
+        assert scheduler.plan(server_round).sampled == (0,)
+        assert set(seen) == {start}
+    # one client (the slow one: 0.2 s compute + 0.3 s transfers) trains each round
+    assert scheduler.round_start_s(3) == pytest.approx(2 * 0.5)
