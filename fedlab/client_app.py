@@ -1,14 +1,18 @@
 """The ClientApp: what each simulated (or deployed) client does when the server asks.
 
-Static settings (where the partitioned data lies, which model to build, the run seed) are
-closed over by :func:`build_client_app`, because ``run_simulation`` leaves
-``context.run_config`` empty; everything that changes per round (local epochs, learning rate,
-FedProx's mu, an injected failure) arrives in the message's ConfigRecord, as Flower intends.
+Static settings (where the partitioned data lies, which model to build, the run seed) form a
+:class:`ClientSpec`. In simulation it is closed over by :func:`build_client_app`, because
+``run_simulation`` leaves ``context.run_config`` empty; on Flower's Deployment Engine
+(:mod:`fedlab.deployment`) each SuperNode derives it from the run config instead, so
+:func:`build_client_app` also accepts a function of the Context. Everything that changes per
+round (local epochs, learning rate, FedProx's mu, an injected failure) arrives in the
+message's ConfigRecord, as Flower intends.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -56,25 +60,40 @@ def _model(spec: ClientSpec, fed: FederatedData, arrays: ArrayRecord) -> torch.n
     return model
 
 
-def build_client_app(spec: ClientSpec) -> ClientApp:
-    """A ClientApp whose handlers train and evaluate on this node's partition."""
+def build_client_app(spec: ClientSpec | Callable[[Context], ClientSpec]) -> ClientApp:
+    """A ClientApp whose handlers train and evaluate on this node's partition.
+
+    ``spec`` is the run's :class:`ClientSpec` (simulation), or a function that derives it
+    from a message's Context (deployment: from ``context.run_config``).
+    """
     app = ClientApp()
-    mods = []
-    if spec.clipping_mod is not None:  # Flower's client-side clipping for central DP
+    spec_of = spec if callable(spec) else lambda _context: spec
+
+    def clipping(msg: Message, context: Context, call_next: Callable) -> Message:
+        """Flower's client-side clipping for central DP, when the spec asks for it."""
+        kind = spec_of(context).clipping_mod
+        if kind is None:
+            return call_next(msg, context)
         from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 
-        mods = [fixedclipping_mod if spec.clipping_mod == "fixed" else adaptiveclipping_mod]
+        mod = fixedclipping_mod if kind == "fixed" else adaptiveclipping_mod
+        return mod(msg, context, call_next)
 
     @app.query()
     def identify(msg: Message, context: Context) -> Message:
-        """Tell the server which partition this node holds (node ids are random)."""
+        """Tell the server which partition this node holds (node ids are random).
+
+        Deriving the spec here also prepares a deployed node's data before round 1.
+        """
+        spec_of(context)
         return Message(
             RecordDict({"info": ConfigRecord({"partition-id": _partition_id(context)})}),
             reply_to=msg,
         )
 
-    @app.train(mods=mods)
+    @app.train(mods=[clipping])
     def train_handler(msg: Message, context: Context) -> Message:
+        spec = spec_of(context)
         _set_threads(spec.torch_threads)
         pid = _partition_id(context)
         config = msg.content["config"]
@@ -138,6 +157,7 @@ def build_client_app(spec: ClientSpec) -> ClientApp:
 
     @app.evaluate()
     def evaluate_handler(msg: Message, context: Context) -> Message:
+        spec = spec_of(context)
         _set_threads(spec.torch_threads)
         pid = _partition_id(context)
         fed = load_cached(spec.data_path)

@@ -1,10 +1,11 @@
-"""One run end to end: validate, prepare data, simulate, record."""
+"""One run end to end: validate, prepare data, simulate (or deploy), record."""
 
 from __future__ import annotations
 
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from logging import getLogger
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,11 @@ log = getLogger("fedlab")
 
 class RunFailed(RuntimeError):
     """The run started but did not complete; its record says ``failed`` and why."""
+
+
+# Runs the federation once the record is open: (exp, fed, record, carbon, saved checkpoint).
+# The default simulates on Ray; fedlab.deployment passes one that runs on a Flower Grid.
+Engine = Callable[[Experiment, Any, RunRecord, Any, Any], None]
 
 
 def _versions() -> dict[str, str]:
@@ -67,8 +73,15 @@ def _reuse(run_dir: Path, config_yaml: str) -> dict | None:
     return None
 
 
-def run_experiment(raw: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> dict:
+def run_experiment(
+    raw: DictConfig,
+    run_dir: Path,
+    overrides: list[str] | None = None,
+    engine: Engine | None = None,
+) -> dict:
     """Run the experiment ``raw`` describes and write its record into ``run_dir``.
+
+    ``engine`` runs the federation (default: :func:`simulation_engine`).
 
     Raises :class:`ConfigError` before writing anything if the config or the directory is
     unusable, :class:`RunFailed` (record status ``failed``) if the run breaks, and lets
@@ -78,7 +91,7 @@ def run_experiment(raw: DictConfig, run_dir: Path, overrides: list[str] | None =
     from fedlab.partition import plot_label_distribution
 
     if raw.get("resume"):
-        return resume_experiment(Path(raw.resume))
+        return resume_experiment(Path(raw.resume), engine)
     exp = Experiment.from_config(raw)
     config_yaml = OmegaConf.to_yaml(raw, resolve=True)
     finished = _reuse(run_dir, config_yaml)
@@ -122,6 +135,8 @@ def run_experiment(raw: DictConfig, run_dir: Path, overrides: list[str] | None =
                 "server_kg": None,
             },
             "communication": {"bytes_down": 0, "bytes_up": 0},
+            # Simulated edge devices (devices group): filled in after every round, or null.
+            "devices": None,
             "versions": _versions(),
         },
     )
@@ -138,10 +153,10 @@ def run_experiment(raw: DictConfig, run_dir: Path, overrides: list[str] | None =
         exp.cfg.num_rounds,
         run_dir,
     )
-    return _execute(exp, fed, record, run_dir)
+    return _execute(exp, fed, record, run_dir, engine=engine)
 
 
-def resume_experiment(run_dir: Path) -> dict:
+def resume_experiment(run_dir: Path, engine: Engine | None = None) -> dict:
     """Continue the run recorded in ``run_dir`` from its last checkpoint.
 
     The run's own ``config.yaml`` is used; the data are prepared again (deterministically),
@@ -170,7 +185,26 @@ def resume_experiment(run_dir: Path) -> dict:
     log.info(
         "fedlab: resuming %s after round %d of %d", run_dir, saved.server_round, exp.cfg.num_rounds
     )
-    return _execute(exp, fed, record, run_dir, saved)
+    return _execute(exp, fed, record, run_dir, saved, engine)
+
+
+def simulation_engine(
+    exp: Experiment, fed: Any, record: RunRecord, carbon: Any, saved: Any
+) -> None:
+    """Run the federation on Flower's simulation engine (Ray), clients reading a temp copy."""
+    from fedlab.client_app import build_client_app
+    from fedlab.server_app import build_server_app
+    from fedlab.simulation import simulate
+
+    with tempfile.TemporaryDirectory(prefix="fedlab-") as tmp:
+        data_path = Path(tmp) / "federation.npz"
+        fed.save(data_path)
+        simulate(
+            build_server_app(exp, fed, record, carbon, saved),
+            build_client_app(_client_spec(exp, data_path)),
+            exp.cfg.num_clients,
+            exp.cfg.simulation,
+        )
 
 
 def _execute(
@@ -179,19 +213,14 @@ def _execute(
     record: RunRecord,
     run_dir: Path,
     saved: Any = None,
+    engine: Engine | None = None,
 ) -> dict:
-    """Simulate (from the start or from checkpoint ``saved``) and close the record."""
-    from fedlab.carbon import RunCarbon
-    from fedlab.client_app import build_client_app
+    """Run ``engine`` (from the start or from checkpoint ``saved``) and close the record."""
     from fedlab.model_card import write_model_card
-    from fedlab.server_app import build_server_app
-    from fedlab.simulation import simulate
 
-    carbon = None
-    if exp.cfg.carbon.enabled:
-        carbon = RunCarbon(exp.cfg.carbon, run_dir, exp.cfg.num_clients, exp.cfg.seed)
-        if saved is not None:
-            carbon.load_state_dict(saved.state["carbon"])
+    carbon = exp.carbon_tracker(fed, run_dir)
+    if carbon is not None and saved is not None:
+        carbon.load_state_dict(saved.state["carbon"])
     started = time.perf_counter()
 
     def close(status: str, error: str | None = None) -> None:
@@ -205,15 +234,7 @@ def _execute(
         write_model_card(run_dir)
 
     try:
-        with tempfile.TemporaryDirectory(prefix="fedlab-") as tmp:
-            data_path = Path(tmp) / "federation.npz"
-            fed.save(data_path)
-            simulate(
-                build_server_app(exp, fed, record, carbon, saved),
-                build_client_app(_client_spec(exp, data_path)),
-                exp.cfg.num_clients,
-                exp.cfg.simulation,
-            )
+        (engine or simulation_engine)(exp, fed, record, carbon, saved)
     except KeyboardInterrupt:
         close("interrupted")
         log.warning("fedlab: interrupted; continue with: fedlab-run resume=%s", run_dir)
