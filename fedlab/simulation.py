@@ -21,6 +21,7 @@ log = logging.getLogger("fedlab")
 # is known to match it. Another Flower version runs its own loop unchanged.
 PATCHED_FLWR_SERIES = "1.42."
 _engine_poll_s = 0.1  # set by simulate() from simulation.pull_interval_s
+_flower_engine: dict[str, Any] = {}  # Flower's own loop and backend, to put back
 
 
 def backend_config(sim: SimulationConfig) -> dict:
@@ -90,23 +91,55 @@ def _add_messages_to_queue(
         f_stop.wait(_engine_poll_s)
 
 
-def speed_up_engine(poll_s: float) -> bool:
-    """Make Flower's simulation engine hand messages to the clients every ``poll_s`` seconds.
+def _fedlab_ray_backend() -> type:
+    """flwr 1.42's RayBackend, sending the ClientApp to the actors once instead of per message.
 
-    flwr 1.42 exposes no setting for this loop's 0.1 s wait (see
-    :func:`_add_messages_to_queue`), so fedlab replaces the module-level function, which
-    ``run_api`` looks up each time it starts the engine. Only for the flwr 1.42 series, whose
-    source this loop was checked against; with any other version Flower's own loop runs and
-    this returns False.
+    Flower passes the ClientApp factory as an argument of every actor call, so the driver
+    cloudpickles the ClientApp (closures included, ~9 kB) once per client per phase (about
+    1-2 ms each on this machine, on the driver's critical path). Stored once with ``ray.put``,
+    each call carries a reference that Ray resolves to the same factory in the actor.
+    """
+    import ray
+    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+
+    class FedlabRayBackend(RayBackend):
+        fedlab = True
+
+        def build(self, app_fn: Any) -> None:
+            super().build(app_fn)
+            self.app_fn = ray.put(app_fn)
+
+    return FedlabRayBackend
+
+
+def speed_up_engine(poll_s: float) -> bool:
+    """Remove two fixed costs of Flower's simulation engine from every round.
+
+    flwr 1.42 exposes no setting for either, so fedlab replaces two module-level names that
+    the engine looks up each time it starts: ``vce_api.add_messages_to_queue`` (a loop that
+    hands messages to the clients every 0.1 s; fedlab's waits ``poll_s``, see
+    :func:`_add_messages_to_queue`) and ``raybackend.RayBackend`` (a subclass that sends the
+    ClientApp to the actors once, see :func:`_fedlab_ray_backend`). Only for the flwr 1.42
+    series, whose source both were checked against; with any other version, or with the
+    environment variable ``FEDLAB_FLOWER_ENGINE=1`` (to compare, or to rule fedlab out when
+    debugging the engine), Flower's own engine runs and this returns False.
     """
     from flwr.server.superlink.fleet.vce import vce_api
+    from flwr.server.superlink.fleet.vce.backend import raybackend
 
     global _engine_poll_s
-    if not flwr.__version__.startswith(PATCHED_FLWR_SERIES):
-        log.debug("fedlab: flwr %s: the engine keeps its own 0.1 s loop", flwr.__version__)
+    if not _flower_engine:
+        _flower_engine.update(loop=vce_api.add_messages_to_queue, backend=raybackend.RayBackend)
+    if os.environ.get("FEDLAB_FLOWER_ENGINE") == "1" or not flwr.__version__.startswith(
+        PATCHED_FLWR_SERIES
+    ):
+        vce_api.add_messages_to_queue = _flower_engine["loop"]
+        raybackend.RayBackend = _flower_engine["backend"]
         return False
     _engine_poll_s = poll_s
     vce_api.add_messages_to_queue = _add_messages_to_queue
+    if not getattr(raybackend.RayBackend, "fedlab", False):
+        raybackend.RayBackend = _fedlab_ray_backend()
     return True
 
 

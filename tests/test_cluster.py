@@ -211,20 +211,33 @@ class _FakeState:
 @pytest.fixture()
 def restore_engine(monkeypatch):
     from flwr.server.superlink.fleet.vce import vce_api
+    from flwr.server.superlink.fleet.vce.backend import raybackend
 
     monkeypatch.setattr(vce_api, "add_messages_to_queue", vce_api.add_messages_to_queue)
+    monkeypatch.setattr(raybackend, "RayBackend", raybackend.RayBackend)
     monkeypatch.setattr(simulation, "_engine_poll_s", simulation._engine_poll_s)
-    return vce_api
+    monkeypatch.delenv("FEDLAB_FLOWER_ENGINE", raising=False)
+    return SimpleNamespace(vce_api=vce_api, raybackend=raybackend)
 
 
-def test_engine_loop_is_replaced_only_on_flwr_1_42(restore_engine, monkeypatch) -> None:
-    flowers_own = restore_engine.add_messages_to_queue
-    monkeypatch.setattr(flwr, "__version__", "1.43.0")
-    assert simulation.speed_up_engine(0.01) is False
-    assert restore_engine.add_messages_to_queue is flowers_own
-    monkeypatch.setattr(flwr, "__version__", "1.42.0")
+def test_engine_is_changed_only_on_flwr_1_42(restore_engine, monkeypatch) -> None:
+    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+
+    vce_api, raybackend = restore_engine.vce_api, restore_engine.raybackend
     assert simulation.speed_up_engine(0.01) is True
-    assert restore_engine.add_messages_to_queue is simulation._add_messages_to_queue
+    assert vce_api.add_messages_to_queue is simulation._add_messages_to_queue
+    assert issubclass(raybackend.RayBackend, RayBackend) and raybackend.RayBackend.fedlab
+    patched_backend = raybackend.RayBackend
+    assert simulation.speed_up_engine(0.02) is True  # again (multirun): no subclass of subclass
+    assert raybackend.RayBackend is patched_backend and simulation._engine_poll_s == 0.02
+    for version, env in (("1.43.0", None), ("1.42.0", "1")):
+        monkeypatch.setattr(flwr, "__version__", version)
+        if env:
+            monkeypatch.setenv("FEDLAB_FLOWER_ENGINE", env)
+        assert simulation.speed_up_engine(0.01) is False  # Flower's own engine, restored
+        assert vce_api.add_messages_to_queue is simulation._flower_engine["loop"]
+        assert raybackend.RayBackend is simulation._flower_engine["backend"]
+        assert not getattr(raybackend.RayBackend, "fedlab", False)
 
 
 def test_engine_loop_delivers_within_its_interval_in_node_order(restore_engine) -> None:
@@ -232,7 +245,7 @@ def test_engine_loop_delivers_within_its_interval_in_node_order(restore_engine) 
     state, queue, stop = _FakeState(), Queue(), threading.Event()
     nodes = {30: 0, 10: 1, 20: 2}  # node id -> partition id, in registration order
     loop = threading.Thread(
-        target=restore_engine.add_messages_to_queue, args=(state, queue, nodes, stop)
+        target=restore_engine.vce_api.add_messages_to_queue, args=(state, queue, nodes, stop)
     )
     loop.start()
     try:
