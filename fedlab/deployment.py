@@ -176,7 +176,7 @@ def _log_to_stderr() -> None:
 
     Flower's strategy summaries are dropped, as ``fedlab-run`` drops them; its warnings stay.
     """
-    if not log.handlers:
+    if not log.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
@@ -207,6 +207,14 @@ def _server_main(grid: Grid, context: Context) -> None:
     polling = PollingGrid(grid, interval)
 
     def engine(exp: Any, fed: Any, record: Any, carbon: Any, saved: Any) -> None:
+        from flwr.supercore.exit import add_exit_handler
+
+        def stopped() -> None:
+            """`flwr stop` (or a signal) ends this process through Flower's exit handlers."""
+            if record.results.get("status") == "running":
+                record.finish("interrupted", error="stopped: flwr stop or a signal")
+
+        add_exit_handler(stopped, run_before_force_exit=True)
         run_server(polling, exp, fed, record, carbon, saved)
 
     log.info("fedlab: Flower run %s, record: %s", context.run_id, run_dir)

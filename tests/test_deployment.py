@@ -86,6 +86,30 @@ def test_a_node_derives_its_spec_and_prepares_data_once(tmp_path, compose_cfg, m
         assert (a == b).all()
 
 
+def test_deployed_clientapp_trains_like_the_simulation_one(
+    run_inprocess, tmp_path, monkeypatch
+) -> None:
+    """The module-level ClientApp (spec from run_config) gives the closure's model exactly."""
+    from fedlab import deployment
+
+    monkeypatch.setenv(deployment.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(deployment, "_specs", {})
+
+    def deployed(spec):
+        def app(msg, context):
+            context.run_config = {"overrides": " ".join(OVERRIDES)}
+            return deployment.clientapp(msg, context)
+
+        return app
+
+    _, _, closure, _ = run_inprocess(*OVERRIDES)
+    _, _, from_run_config, _ = run_inprocess(*OVERRIDES, app_override={0: deployed, 1: deployed})
+    a = load_model(closure.dir / "model.safetensors")
+    b = load_model(from_run_config.dir / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len(deployment._specs) == 1
+
+
 def test_polling_grid_collects_replies_and_respects_the_timeout() -> None:
     from types import SimpleNamespace
 
