@@ -3,8 +3,8 @@
 The end-to-end test starts a SuperLink (TLS, SuperNode authentication) and two SuperNodes as
 subprocesses, submits a 2-client, 2-round run with ``flwr run`` and checks the record the
 ServerApp wrote, including that the final model is bit-for-bit the one the same config gives
-in-process. It takes about a minute on a quiet 2-core machine: Flower starts a ClientApp
-process per message and a SuperNode waits 3 s between polls when idle.
+in-process. Measured: 86 s on the shared 2-core machine at load average 8.5 (Flower starts a
+ClientApp process per message, and an idle SuperNode waits 3 s between polls).
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ from fedlab.record import load_model, read_csv
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 OVERRIDES = ("num_clients=2", "num_rounds=2", "carbon=off")
+# The end-to-end run skips federated evaluation: each phase costs a ClientApp process per node
+# and a 3 s SuperNode poll (the evaluate handler is covered in-process below).
+DEPLOYED = (*OVERRIDES, "strategy.fraction_evaluate=0")
 
 
 # ---------------------------------------------------------------- in-process parts (fast)
@@ -308,7 +311,7 @@ def test_tls_deployment_with_node_authentication(tmp_path, run_inprocess) -> Non
             "fedlab-test",
             "--stream",
             "--run-config",
-            f'overrides="{" ".join(OVERRIDES)}" run-dir="{run_dir}"',
+            f'overrides="{" ".join(DEPLOYED)}" run-dir="{run_dir}"',
             timeout=300,
         )
     finally:
@@ -319,20 +322,19 @@ def test_tls_deployment_with_node_authentication(tmp_path, run_inprocess) -> Non
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "completed", results.get("error")
     assert results["rounds_completed"] == 2
-    assert results["overrides"] == list(OVERRIDES)
+    assert results["overrides"] == list(DEPLOYED)
     rounds = read_csv(run_dir / "rounds.csv")
     assert [int(r["round"]) for r in rounds] == [0, 1, 2]
     assert float(rounds[-1]["central_accuracy"]) > 0.5  # 10 classes: chance is 0.1
     clients = read_csv(run_dir / "clients.csv")
     for server_round in (1, 2):
-        for phase in ("train", "evaluate"):
-            rows = [r for r in clients if int(r["round"]) == server_round and r["phase"] == phase]
-            assert sorted(int(r["client"]) for r in rows) == [0, 1]
-            assert all(r["status"] == "ok" for r in rows)
+        rows = [r for r in clients if int(r["round"]) == server_round]
+        assert sorted(int(r["client"]) for r in rows) == [0, 1]
+        assert all(r["status"] == "ok" and r["phase"] == "train" for r in rows)
     assert "fedlab: completed 2 rounds" in output
 
     # The same experiment in-process (no Flower engine) gives the same model, bit for bit.
-    _, _, record, _ = run_inprocess(*OVERRIDES)
+    _, _, record, _ = run_inprocess(*DEPLOYED)
     deployed, inprocess = (
         load_model(run_dir / "model.safetensors"),
         load_model(record.dir / "model.safetensors"),
