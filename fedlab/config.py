@@ -361,32 +361,24 @@ class DevicesConfig:
             "needs devices to time the clients: choose devices=<mix> or set devices.mix",
         )
         for name, device in self.profiles.devices.items():
-            for key in ("gflops", "active_w"):
-                value = getattr(device, key)
-                require(
-                    value > 0, f"devices.profiles.devices.{name}.{key}", f"must be > 0, got {value}"
-                )
-            require(
-                device.idle_w >= 0,
-                f"devices.profiles.devices.{name}.idle_w",
-                f"must be >= 0, got {device.idle_w}",
-            )
+            _require_ranges(device, f"devices.profiles.devices.{name}", ("gflops", "active_w"))
+            _require_ranges(device, f"devices.profiles.devices.{name}", ("idle_w",), strict=False)
             require(
                 device.link in self.profiles.links,
                 f"devices.profiles.devices.{name}.link",
                 f"must be one of {', '.join(sorted(self.profiles.links))}; got '{device.link}'",
             )
         for name, link in self.profiles.links.items():
-            for key in ("down_mbps", "up_mbps"):
-                value = getattr(link, key)
-                require(
-                    value > 0, f"devices.profiles.links.{name}.{key}", f"must be > 0, got {value}"
-                )
-            require(
-                link.transfer_w >= 0,
-                f"devices.profiles.links.{name}.transfer_w",
-                f"must be >= 0, got {link.transfer_w}",
-            )
+            _require_ranges(link, f"devices.profiles.links.{name}", ("down_mbps", "up_mbps"))
+            _require_ranges(link, f"devices.profiles.links.{name}", ("transfer_w",), strict=False)
+
+
+def _require_ranges(node: Any, prefix: str, keys: tuple[str, ...], strict: bool = True) -> None:
+    """Check that each of ``keys`` of ``node`` is > 0 (``strict``) or >= 0."""
+    for key in keys:
+        value = getattr(node, key)
+        ok = value > 0 if strict else value >= 0
+        require(ok, f"{prefix}.{key}", f"must be {'>' if strict else '>='} 0, got {value}")
 
 
 @dataclass
