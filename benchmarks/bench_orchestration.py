@@ -3,7 +3,9 @@
 * overhead: a whole ``fedlab-run`` (Flower simulation on Ray) against the floor, a plain
   PyTorch loop doing the same local training work in one process (same data, partitions,
   sampled clients, local epochs, FedAvg, central evaluation), side by side in one invocation;
-  total and steady-state per-round ratios.
+  total and steady-state per-round ratios, for three ways of running the simulation: Flower's
+  own engine (``FEDLAB_FLOWER_ENGINE=1``), fedlab's engine changes (the default), and the
+  same on an already running Ray head (``simulation=ray_cluster``: no Ray start-up per run).
 * memory: peak resident memory of the whole process tree (driver, Ray daemons, client actors)
   for 10, 100 and 1000 simulated clients.
 * start-up: ``fedlab-run --help`` and ``fedlab-run --cfg job``.
@@ -15,6 +17,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -114,7 +120,7 @@ class TreeMemory:
         return self.peak
 
 
-def fedlab_run(overrides: list[str]) -> tuple[float, list[float], int]:
+def fedlab_run(overrides: list[str], env: dict | None = None) -> tuple[float, list[float], int]:
     """A real ``fedlab-run`` in a subprocess: (total s, per-round s, peak tree RSS bytes)."""
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
@@ -124,6 +130,7 @@ def fedlab_run(overrides: list[str]) -> tuple[float, list[float], int]:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            env={**os.environ, **(env or {})},
         )
         memory = TreeMemory(process.pid)
         _, stderr = process.communicate()
@@ -133,6 +140,43 @@ def fedlab_run(overrides: list[str]) -> tuple[float, list[float], int]:
             raise RuntimeError(stderr[-2000:])
         rounds = [float(r["duration_s"]) for r in read_csv(run_dir / "rounds.csv")[1:]]
     return total, rounds, peak
+
+
+@contextlib.contextmanager
+def ray_head(num_cpus: int):
+    """A Ray head on this machine (``ray start --head --block``), stopped on exit; yields its
+    address. Its own temp dir and process group: no other Ray on the machine sees or loses it.
+    """
+    temp_dir = tempfile.mkdtemp(prefix="fl-ray-", dir="/tmp")
+    ports: list[int] = []
+    while len(ports) < 3:  # outside Ray's worker port range 10002-19999
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            if not 10000 <= s.getsockname()[1] < 20000:
+                ports.append(s.getsockname()[1])
+    log = Path(temp_dir) / "head.log"
+    with log.open("w") as out:
+        head = subprocess.Popen(
+            [str(EXE.parent / "ray"), "start", "--head", "--block", f"--port={ports[0]}",
+             f"--ray-client-server-port={ports[1]}", f"--dashboard-agent-listen-port={ports[2]}",
+             f"--num-cpus={num_cpus}", "--include-dashboard=false", "--disable-usage-stats",
+             f"--temp-dir={temp_dir}"],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+        )  # fmt: skip
+    try:
+        while "Ray runtime started" not in log.read_text():
+            if head.poll() is not None:
+                raise RuntimeError(log.read_text()[-2000:])
+            time.sleep(0.5)
+        yield f"127.0.0.1:{ports[0]}"
+    finally:
+        head.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            head.wait(timeout=60)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def steady(rounds: list[float]) -> float:
@@ -168,18 +212,30 @@ def main() -> None:
         ],
     }
     print(
-        "| setting | floor total s | fedlab total s | total ratio | floor round ms "
+        "| setting | engine | floor total s | fedlab total s | total ratio | floor round ms "
         "| fedlab round ms | steady-state ratio | peak memory GiB |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, overrides in settings.items():
-        f_total, f_rounds = floor(overrides)
-        r_total, r_rounds, peak = fedlab_run(overrides)
-        print(
-            f"| {name} | {f_total:.1f} | {r_total:.1f} | {r_total / f_total:.1f}x | "
-            f"{1000 * steady(f_rounds):.0f} | {1000 * steady(r_rounds):.0f} | "
-            f"{steady(r_rounds) / steady(f_rounds):.1f}x | {peak / 2**30:.2f} |"
-        )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    with ray_head(os.cpu_count() or 1) as address:
+        engines = {
+            "Flower's": ([], {"FEDLAB_FLOWER_ENGINE": "1"}),
+            "fedlab's": ([], {}),
+            "fedlab's, running Ray head": (
+                ["simulation=ray_cluster", f"simulation.ray_address={address}"],
+                {},
+            ),
+        }
+        for name, overrides in settings.items():
+            f_total, f_rounds = floor(overrides)
+            for engine, (extra, env) in engines.items():
+                r_total, r_rounds, peak = fedlab_run([*overrides, *extra], env)
+                print(
+                    f"| {name} | {engine} | {f_total:.1f} | {r_total:.1f} | "
+                    f"{r_total / f_total:.1f}x | {1000 * steady(f_rounds):.0f} | "
+                    f"{1000 * steady(r_rounds):.0f} | "
+                    f"{steady(r_rounds) / steady(f_rounds):.1f}x | {peak / 2**30:.2f} |",
+                    flush=True,
+                )
     if not args.skip_memory:
         print("\n| simulated clients | per round | peak memory of the process tree GiB | total s |")
         print("|---:|---:|---:|---:|")
