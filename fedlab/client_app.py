@@ -11,6 +11,8 @@ message's ConfigRecord, as Flower intends.
 
 from __future__ import annotations
 
+import copy
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,8 +56,19 @@ def _partition_id(context: Context) -> int:
     return int(context.node_config["partition-id"])
 
 
+@cache
+def _template(model_json: str, input_shape: tuple[int, ...], num_classes: int) -> torch.nn.Module:
+    # Building through Hydra's instantiate costs about 1.3 ms; a copy of a built one 0.2 ms.
+    return build_model(json.loads(model_json), input_shape, num_classes)
+
+
 def _model(spec: ClientSpec, fed: FederatedData, arrays: ArrayRecord) -> torch.nn.Module:
-    model = build_model(spec.model, fed.input_shape, fed.num_classes)
+    """The global model from the message, in a fresh module (a copy of one built per process:
+    its weights are all replaced, and training never shares a module between clients)."""
+    template = _template(
+        json.dumps(spec.model, sort_keys=True), tuple(fed.input_shape), fed.num_classes
+    )
+    model = copy.deepcopy(template)
     model.load_state_dict(arrays.to_torch_state_dict())
     return model
 

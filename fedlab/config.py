@@ -81,13 +81,17 @@ class ClientConfig:
 
 @dataclass
 class SimulationConfig:
-    """How the Flower simulation engine runs the clients (the ``simulation`` group).
+    """How the clients are simulated (the ``simulation`` group).
 
+    ``backend``: ``ray`` (Flower's simulation engine: clients in parallel Ray actors, on this
+    machine or a cluster at ``ray_address``) or ``inprocess`` (every client call serially in
+    this process: no Ray start-up or per-message cost, the same numbers; no round timeout).
     ``client_cpus`` is the Ray resource each simulated client reserves: the number of client
     actors running at once is ``ray_num_cpus / client_cpus``. Flower's default of 2 CPUs per
     client means a single actor on a 2-core machine, so fedlab defaults to 1.
-    ``pull_interval_s`` is how often the server's in-memory Grid checks for replies (Flower's
-    default, 0.1 s, made a round cost at least 0.2 s whatever the work).
+    ``pull_interval_s`` is how often the server's in-memory Grid checks for replies and the
+    engine hands messages to the clients (Flower's 0.1 s for both made a round cost at least
+    0.2 s whatever the work).
     """
 
     backend: str = "ray"
@@ -101,7 +105,7 @@ class SimulationConfig:
     pull_interval_s: float = 0.01
 
     def __post_init__(self) -> None:
-        require_choice(self.backend, "simulation.backend", ("ray",))
+        require_choice(self.backend, "simulation.backend", ("ray", "inprocess"))
         require(
             self.client_cpus > 0, "simulation.client_cpus", f"must be > 0, got {self.client_cpus}"
         )
@@ -110,6 +114,12 @@ class SimulationConfig:
             self.ray_num_cpus is None or self.ray_num_cpus >= 1,
             "simulation.ray_num_cpus",
             "must be >= 1 or null (all cores)",
+        )
+        require(
+            self.ray_address is None or self.ray_num_cpus is None,
+            "simulation.ray_num_cpus",
+            "must be null with simulation.ray_address (a cluster's cores are set on each node "
+            "by `ray start --num-cpus`)",
         )
         require(self.round_timeout_s > 0, "simulation.round_timeout_s", "must be > 0 seconds")
         require(self.connect_timeout_s > 0, "simulation.connect_timeout_s", "must be > 0 seconds")

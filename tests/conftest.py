@@ -9,6 +9,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
 from fedlab.config import register_configs
+from fedlab.simulation import InProcessGrid as _InProcessGrid
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -31,60 +32,32 @@ def compose_cfg() -> Callable[..., DictConfig]:
     return _compose
 
 
-class InProcessGrid:
-    """A serial, in-process stand-in for Flower's simulation Grid, for unit tests only.
-
-    Each message is handled by calling the ClientApp directly with the node's Context, and a
-    raised exception becomes an error reply, as Flower's engine does. It lets the server side
-    (schedule, Grid wrapper, strategies, record) be tested in a second instead of starting Ray.
-    """
+class InProcessGrid(_InProcessGrid):
+    """fedlab's in-process Grid with test hooks: replies in reverse order (as if Ray finished
+    them in another order), shuffled non-contiguous node ids, per-partition ClientApps
+    (``app_override``), partitions whose train replies never arrive (``drop``: a timeout), and
+    a log of every message sent."""
 
     def __init__(
         self, client_app, num_clients: int, app_override=None, reverse=True, drop=()
     ) -> None:
-        from flwr.app import Context, RecordDict
-        from flwr.supercore.task_identity import TaskIdentity
-
-        # Flower's runtime sets the identity of the ServerApp process before messages are made.
-        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-        self.client_app = client_app
-        self.app_override = app_override or {}
-        # Node ids are arbitrary in Flower (random); use a shuffled, non-contiguous set.
         import numpy as np
 
         node_ids = 1000 + 7 * np.random.default_rng(0).permutation(num_clients)
-        self.contexts = {
-            int(node): Context(
-                run_id=1,
-                node_id=int(node),
-                node_config={"partition-id": pid, "num-partitions": num_clients},
-                state=RecordDict(),
-                run_config={},
-            )
-            for pid, node in enumerate(node_ids)
-        }
+        super().__init__(client_app, num_clients, node_ids)
+        self.app_override = app_override or {}
         self.sent: list = []
         self.reverse = reverse
-        self.drop = set(drop)  # partitions whose replies never arrive (a timeout)
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.contexts)
+        self.drop = set(drop)
 
     def send_and_receive(self, messages, *, timeout=None):
-        from flwr.app import Error, Message
-
         replies = []
         for msg in messages:
             self.sent.append(msg)
-            context = self.contexts[msg.metadata.dst_node_id]
-            pid = int(context.node_config["partition-id"])
+            pid = int(self.contexts[msg.metadata.dst_node_id].node_config["partition-id"])
             if pid in self.drop and msg.metadata.message_type == "train":
                 continue
-            app = self.app_override.get(pid, self.client_app)
-            try:
-                replies.append(app(msg, context))
-            except Exception as err:  # Flower turns a client exception into an error reply
-                replies.append(Message(Error(code=2, reason=repr(err)), reply_to=msg))
+            replies.append(self.reply(msg, self.app_override.get(pid)))
         return list(reversed(replies)) if self.reverse else replies
 
 

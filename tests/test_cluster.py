@@ -45,7 +45,7 @@ def test_cluster_address_connects_without_starting_ray() -> None:
     ]
     assert init_args["address"] == "10.0.0.1:6379" and "num_cpus" not in init_args
     with pytest.raises(ValueError, match=r"simulation.ray_num_cpus: must be null"):
-        simulation.backend_config(SimulationConfig(ray_address="auto", ray_num_cpus=4))
+        SimulationConfig(ray_address="auto", ray_num_cpus=4)  # a ConfigError, at start-up
 
 
 def _free_ports(count: int) -> list[int]:

@@ -45,6 +45,13 @@ def test_run_on_ray_writes_a_complete_record(tmp_path: Path, run_inprocess) -> N
     assert local.results["accuracy"] == results["accuracy"]
     assert local.results["loss"] == results["loss"]
     assert read_csv(local.dir / "rounds.csv")[-1]["clients_failed"] == rounds[-1]["clients_failed"]
+    # So does fedlab-run's own in-process backend (no Ray at all).
+    serial = tmp_path / "inprocess"
+    _fedlab_run(*ARGS, "simulation=inprocess", f"hydra.run.dir={serial}", cwd=tmp_path)
+    same = json.loads((serial / "results.json").read_text())
+    assert same["status"] == "completed"
+    assert (same["accuracy"], same["loss"]) == (results["accuracy"], results["loss"])
+    assert read_csv(serial / "clients.csv") and same["carbon"]["energy_kwh"] > 0
 
 
 def test_multirun_runs_simulations_back_to_back_and_reproducibly(tmp_path: Path) -> None:
