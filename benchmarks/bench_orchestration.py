@@ -5,7 +5,8 @@
   sampled clients, local epochs, FedAvg, central evaluation), side by side in one invocation;
   total and steady-state per-round ratios, for three ways of running the simulation: Flower's
   own engine (``FEDLAB_FLOWER_ENGINE=1``), fedlab's engine changes (the default), and the
-  same on an already running Ray head (``simulation=ray_cluster``: no Ray start-up per run).
+  same on an already running Ray head (``simulation=ray_cluster``: no Ray start-up per run),
+  and fedlab's serial in-process backend (``simulation=inprocess``: no Ray at all).
 * memory: peak resident memory of the whole process tree (driver, Ray daemons, client actors)
   for 10, 100 and 1000 simulated clients.
 * start-up: ``fedlab-run --help`` and ``fedlab-run --cfg job``.
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
+import json
 import os
 import shutil
 import signal
@@ -31,7 +34,6 @@ from pathlib import Path
 
 import psutil
 import torch
-from flwr.app import ArrayRecord
 from hydra import compose, initialize_config_module
 
 from fedlab.config import register_configs
@@ -58,14 +60,15 @@ def floor(overrides: list[str]) -> tuple[float, list[float]]:
     torch.manual_seed(seed_for(cfg.seed, 0))
     global_model = build_model(cfg.model, fed.input_shape, fed.num_classes)
     rounds = []
+    # Plain PyTorch: one module per client copied from the global one (no Hydra, no Flower
+    # records); what a hand-written loop would do.
     for server_round in range(1, cfg.num_rounds + 1):
         t0 = time.perf_counter()
         plan = scheduler.plan(server_round)
         states, weights = [], []
         for pid, epochs in sorted(plan.epochs.items()):
             data, _ = fed.client(pid)
-            model = build_model(cfg.model, fed.input_shape, fed.num_classes)
-            model.load_state_dict(global_model.state_dict())
+            model = copy.deepcopy(global_model)
             c = cfg.client
             optimizer = make_optimizer(
                 model.parameters(), c.optimizer, c.lr, c.momentum, c.weight_decay
@@ -79,8 +82,7 @@ def floor(overrides: list[str]) -> tuple[float, list[float]]:
                 optimizer=optimizer,
                 generator=generator,
             )
-            # what the messages carry
-            states.append(ArrayRecord(model.state_dict()).to_torch_state_dict())
+            states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
             weights.append(len(data))
         total = sum(weights)
         global_model.load_state_dict(
@@ -190,11 +192,27 @@ def timed(*args: str) -> float:
     return time.perf_counter() - started
 
 
+def floor_process(overrides: list[str]) -> float:
+    """Wall seconds of the floor as a fresh process (interpreter, imports, data, training),
+    to set against a whole ``fedlab-run``, which pays the same start-up."""
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, __file__, "--floor-only", json.dumps(overrides)],
+        check=True,
+        capture_output=True,
+    )
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--floor-only", metavar="JSON", help=argparse.SUPPRESS)
     args = parser.parse_args()
     register_configs()
+    if args.floor_only:
+        floor(json.loads(args.floor_only))
+        return
     # Federated evaluation is off: the floor evaluates centrally only, as the server does.
     common = [
         "carbon=off",
@@ -212,8 +230,9 @@ def main() -> None:
         ],
     }
     print(
-        "| setting | engine | floor total s | fedlab total s | total ratio | floor round ms "
-        "| fedlab round ms | steady-state ratio | peak memory GiB |"
+        "| setting | engine | floor total s (in / as a process) | fedlab total s "
+        "| total ratio (in / process) | floor round ms | fedlab round ms | steady-state ratio "
+        "| peak memory GiB |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     with ray_head(os.cpu_count() or 1) as address:
@@ -224,14 +243,17 @@ def main() -> None:
                 ["simulation=ray_cluster", f"simulation.ray_address={address}"],
                 {},
             ),
+            "fedlab in-process (no Ray)": (["simulation=inprocess"], {}),
         }
         for name, overrides in settings.items():
             f_total, f_rounds = floor(overrides)
+            f_process = floor_process(overrides)
             for engine, (extra, env) in engines.items():
                 r_total, r_rounds, peak = fedlab_run([*overrides, *extra], env)
                 print(
-                    f"| {name} | {engine} | {f_total:.1f} | {r_total:.1f} | "
-                    f"{r_total / f_total:.1f}x | {1000 * steady(f_rounds):.0f} | "
+                    f"| {name} | {engine} | {f_total:.1f} / {f_process:.1f} | {r_total:.1f} | "
+                    f"{r_total / f_total:.1f}x / {r_total / f_process:.1f}x | "
+                    f"{1000 * steady(f_rounds):.0f} | "
                     f"{1000 * steady(r_rounds):.0f} | "
                     f"{steady(r_rounds) / steady(f_rounds):.1f}x | {peak / 2**30:.2f} |",
                     flush=True,
