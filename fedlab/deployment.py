@@ -111,12 +111,13 @@ def cached_federation(exp: Any, raw: DictConfig, cache_dir: Path) -> Path:
     Written to a temporary name and renamed, so concurrent ClientApp processes (or two
     SuperNodes sharing a machine) never read a half-written file.
     """
+    from fedlab.record import atomic_path
+
     path = cache_dir / f"federation-{config_hash(raw)}.npz"
     if not path.exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-        exp.load_data().save(tmp)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            exp.load_data().save(tmp)
     return path
 
 

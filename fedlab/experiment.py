@@ -217,11 +217,11 @@ class Experiment:
 
             from fedlab.devices import Fleet
             from fedlab.model import build_model
-            from fedlab.training import seed_for
 
             cfg = self.cfg
-            torch.manual_seed(seed_for(cfg.seed, 0))  # any weights: FLOPs depend on shapes
-            model = build_model(cfg.model, fed.input_shape, fed.num_classes)
+            # Any weights do (FLOPs depend on shapes only): leave the global RNG as it was.
+            with torch.random.fork_rng():
+                model = build_model(cfg.model, fed.input_shape, fed.num_classes)
             fleet = Fleet.from_config(
                 cfg.devices,
                 model,

@@ -158,10 +158,8 @@ class Scheduler:
     def phases_s(self, server_round: int) -> tuple[float, float]:
         """(training, evaluation) seconds of ``server_round`` on the simulated devices."""
         assert self.fleet is not None, "round phases need simulated devices"
-        plan = self.plan(server_round)
-        return self.fleet.round_seconds(
-            plan.epochs, plan.evaluate, plan.failing, self.deadline_s, plan.missed_deadline
-        )
+        self.round_start_s(server_round + 1)  # works the clock forward, keeping each round's
+        return self._phases[server_round - 1]
 
     def round_start_s(self, server_round: int) -> float:
         """Simulated seconds from the start of the run to the start of ``server_round``.
@@ -173,5 +171,10 @@ class Scheduler:
         if self.fleet is None:
             return (server_round - 1) * self.hours_per_round * 3600.0
         while len(self._phases) < server_round - 1:
-            self._phases.append(self.phases_s(len(self._phases) + 1))
+            plan = self.plan(len(self._phases) + 1)
+            self._phases.append(
+                self.fleet.round_seconds(
+                    plan.epochs, plan.evaluate, plan.failing, self.deadline_s, plan.missed_deadline
+                )
+            )
         return math.fsum(sum(p) for p in self._phases[: server_round - 1])
