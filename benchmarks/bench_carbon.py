@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fedlab.carbon import CarbonLedger, CpuTimer, HostTracker
+from fedlab.trackers.carbon import CarbonLedger, CpuTimer, HostTracker
 
 
 def make_workload(seed: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:

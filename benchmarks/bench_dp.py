@@ -1,4 +1,4 @@
-"""Benchmark: DP-SGD (Opacus, via fedlab.privacy) against non-private training.
+"""Benchmark: DP-SGD (Opacus, via fedlab.trackers.privacy) against non-private training.
 
 One epoch of sklearn's load_digits (1797 images, 1x8x8, 10 classes), batch 32, SGD, on CPU,
 for the two model families fedlab ships: an MLP (64-128-10) and a small CNN (conv-GroupNorm
@@ -28,7 +28,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedlab.privacy import (
+from fedlab.trackers.privacy import (
     GRAD_SAMPLE_MODES,
     PrivateTraining,
     make_private_training,
@@ -36,8 +36,8 @@ from fedlab.privacy import (
 )
 
 try:  # the framework's models, if present
-    from fedlab.model import CNN, MLP
-except ImportError:  # pragma: no cover - fallback while fedlab.model is being written
+    from fedlab.fl.model import CNN, MLP
+except ImportError:  # pragma: no cover - fallback while fedlab.fl.model is being written
 
     class MLP(nn.Module):  # type: ignore[no-redef]
         """64-128-10 multilayer perceptron."""
@@ -143,7 +143,7 @@ def non_private_runner(make_model: Callable[[], nn.Module],
 
 def private_runner(make_model: Callable[[], nn.Module], dataset: TensorDataset,
                    mode: str) -> tuple[Callable[[], Phases], PrivateTraining]:
-    """DP-SGD via fedlab.privacy (Poisson sampling, same expected batch size)."""
+    """DP-SGD via fedlab.trackers.privacy (Poisson sampling, same expected batch size)."""
     torch.manual_seed(0)
     model = make_model()
     opt = torch.optim.SGD(model.parameters(), lr=LR)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import optuna
 
-from fedlab import compare
+from fedlab.reports import compare
 
 
 class TrialFailed(RuntimeError):

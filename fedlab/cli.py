@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from fedlab.config import ConfigError, register_configs
+from fedlab.config.schema import ConfigError, register_configs
 
 PROG = "fedlab-run"
 REAL_STDERR = sys.stderr
@@ -103,7 +103,7 @@ class SweepSummary(Callback):
         self.started = datetime.now(UTC).isoformat(timespec="seconds")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from fedlab.record import RESULTS
+        from fedlab.record.run_dir import RESULTS
 
         runs = list(Path(config.hydra.sweep.dir).glob(f"*/{RESULTS}"))
         finished = [json.loads(p.read_text()).get("finished_at") or "" for p in runs]

@@ -12,10 +12,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from fedlab.client_app import ClientSpec
-from fedlab.config import ConfigError
-from fedlab.experiment import Experiment
-from fedlab.record import RESULTS, RunRecord, existing_status
+from fedlab.fl.client_app import ClientSpec
+from fedlab.config.schema import ConfigError
+from fedlab.config.experiment import Experiment
+from fedlab.record.run_dir import RESULTS, RunRecord, existing_status
 
 log = getLogger("fedlab")
 
@@ -25,7 +25,7 @@ class RunFailed(RuntimeError):
 
 
 # Runs the federation once the record is open: (exp, fed, record, carbon, saved checkpoint).
-# The default simulates on Ray; fedlab.deployment passes one that runs on a Flower Grid.
+# The default simulates on Ray; fedlab.engines.deployment passes one that runs on a Flower Grid.
 Engine = Callable[[Experiment, Any, RunRecord, Any, Any], None]
 
 
@@ -87,8 +87,8 @@ def run_experiment(
     unusable, :class:`RunFailed` (record status ``failed``) if the run breaks, and lets
     ``KeyboardInterrupt`` through after marking the record ``interrupted``.
     """
-    from fedlab.model import build_model
-    from fedlab.partition import plot_label_distribution
+    from fedlab.fl.model import build_model
+    from fedlab.data.partition import plot_label_distribution
 
     if raw.get("resume"):
         return resume_experiment(Path(raw.resume), engine)
@@ -163,8 +163,8 @@ def resume_experiment(run_dir: Path, engine: Engine | None = None) -> dict:
     the record's rows after the checkpoint's round are dropped (that round is redone), and
     the run continues to ``num_rounds`` with every piece of state restored.
     """
-    from fedlab import checkpoint
-    from fedlab.config import FedlabConfig
+    from fedlab.record import checkpoint
+    from fedlab.config.schema import FedlabConfig
 
     status = existing_status(run_dir)
     if status is None:
@@ -192,9 +192,9 @@ def simulation_engine(
     exp: Experiment, fed: Any, record: RunRecord, carbon: Any, saved: Any
 ) -> None:
     """Run the federation on Flower's simulation engine (Ray), clients reading a temp copy."""
-    from fedlab.client_app import build_client_app
-    from fedlab.server_app import build_server_app
-    from fedlab.simulation import simulate
+    from fedlab.fl.client_app import build_client_app
+    from fedlab.fl.server_app import build_server_app
+    from fedlab.engines.simulation import simulate
 
     with tempfile.TemporaryDirectory(prefix="fedlab-") as tmp:
         data_path = Path(tmp) / "federation.npz"
@@ -216,7 +216,7 @@ def _execute(
     engine: Engine | None = None,
 ) -> dict:
     """Run ``engine`` (from the start or from checkpoint ``saved``) and close the record."""
-    from fedlab.model_card import write_model_card
+    from fedlab.reports.model_card import write_model_card
 
     carbon = exp.carbon_tracker(fed, run_dir)
     if carbon is not None and saved is not None:

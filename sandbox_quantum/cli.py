@@ -3,7 +3,7 @@
 ``sandbox_quantum/conf/experiment/<name>.yaml`` names one of the experiment dataclasses below with
 ``_target_`` and sets its parameters; the dataclass checks them (so a bad value is refused
 before anything is written) and its :meth:`~QuantumExperiment.run` calls the public
-``sandbox_quantum`` API. :func:`run_quantum` wraps the run in CodeCarbon (``fedlab.carbon``)
+``sandbox_quantum`` API. :func:`run_quantum` wraps the run in CodeCarbon (``fedlab.trackers.carbon``)
 and writes the record into Hydra's run directory:
 
     config.yaml   the resolved configuration
@@ -40,11 +40,11 @@ from qiskit.circuit.library import real_amplitudes
 from qiskit.quantum_info import SparsePauliOp
 from qiskit_aer.noise import NoiseModel
 
-from fedlab.carbon import HostTracker, carbon_intensity
+from fedlab.trackers.carbon import HostTracker, carbon_intensity
 from fedlab.cli import fail, release_stderr, run_hydra_app
-from fedlab.config import ConfigError, require, require_choice
-from fedlab.experiment import build_spec
-from fedlab.record import RESULTS, existing_status, now, save_figure, write_json, write_text
+from fedlab.config.schema import ConfigError, require, require_choice
+from fedlab.config.experiment import build_spec
+from fedlab.record.run_dir import RESULTS, existing_status, now, save_figure, write_json, write_text
 from fedlab.run import RunFailed, error_line
 
 from .grover import grover_circuit, phase_oracle_for, run_grover

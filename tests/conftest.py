@@ -8,8 +8,8 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
-from fedlab.config import register_configs
-from fedlab.simulation import InProcessGrid as _InProcessGrid
+from fedlab.config.schema import register_configs
+from fedlab.engines.simulation import InProcessGrid as _InProcessGrid
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -64,10 +64,10 @@ class InProcessGrid(_InProcessGrid):
 @pytest.fixture()
 def run_inprocess(compose_cfg, tmp_path):
     """Run a whole experiment in-process; returns (experiment, record, grid)."""
-    from fedlab.client_app import ClientSpec, build_client_app
-    from fedlab.experiment import Experiment
-    from fedlab.record import RunRecord
-    from fedlab.server_app import run_server
+    from fedlab.fl.client_app import ClientSpec, build_client_app
+    from fedlab.config.experiment import Experiment
+    from fedlab.record.run_dir import RunRecord
+    from fedlab.fl.server_app import run_server
 
     def _run(
         *overrides: str,
@@ -93,7 +93,7 @@ def run_inprocess(compose_cfg, tmp_path):
         )
         saved = None
         if resume is not None:
-            from fedlab import checkpoint
+            from fedlab.record import checkpoint
 
             saved = checkpoint.load(resume)
             record = RunRecord.resume(resume, saved.server_round)

@@ -1,7 +1,7 @@
-"""Tests for fedlab.carbon, checked against independent arithmetic.
+"""Tests for fedlab.trackers.carbon, checked against independent arithmetic.
 
 Intensities are read from CodeCarbon's JSON file directly here (not through the module),
-so a wrong lookup in fedlab.carbon cannot make its own test pass.
+so a wrong lookup in fedlab.trackers.carbon cannot make its own test pass.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fedlab.carbon import (
+from fedlab.trackers.carbon import (
     DEFAULT_LINK_KWH_PER_GB,
     CarbonLedger,
     CpuTimer,

@@ -8,9 +8,9 @@ from importlib.resources import files
 
 import pytest
 
-from fedlab.config import ConfigError
-from fedlab.experiment import Experiment
-from fedlab.record import read_csv
+from fedlab.config.schema import ConfigError
+from fedlab.config.experiment import Experiment
+from fedlab.record.run_dir import read_csv
 
 SMALL = ("num_clients=10", "num_rounds=2", "model.hidden=[16]", "partition=iid")
 REGIONS = "carbon.regions={NOR: 0.2, FRA: 0.2, DEU: 0.2, POL: 0.2, IND: 0.2}"

@@ -27,8 +27,8 @@ import flwr
 import pytest
 from hydra import compose, initialize_config_module
 
-from fedlab import simulation
-from fedlab.config import SimulationConfig, register_configs
+from fedlab.engines import simulation
+from fedlab.config.schema import SimulationConfig, register_configs
 
 BIN = Path(sys.executable).parent
 EXE = BIN / "fedlab-run"

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import yaml
 
-from fedlab.compare import compare, main, pareto_front
-from fedlab.record import CLIENT_COLUMNS, ROUND_COLUMNS, SCHEMA, read_csv, write_csv, write_json
+from fedlab.reports.compare import compare, main, pareto_front
+from fedlab.record.run_dir import CLIENT_COLUMNS, ROUND_COLUMNS, SCHEMA, read_csv, write_csv, write_json
 
 CARBON_ROUND_COLUMNS = ["epsilon", "energy_kwh", "emissions_kg", "compute_kg", "communication_kg"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -53,7 +53,7 @@ def write_run(
         "num_clients": 4,
         "num_rounds": num_rounds,
         "dataset": {
-            "_target_": "fedlab.datasets.sklearn.Digits",
+            "_target_": "fedlab.data.datasets.sklearn.Digits",
             "as_image": True,
             "test_fraction": 0.2,
             "client_test_fraction": 0.2,
@@ -64,7 +64,7 @@ def write_run(
             "min_partition_size": 10,
             "self_balancing": False,
         },
-        "model": {"_target_": "fedlab.model.MLP", "hidden": [128], "dropout": 0.0},
+        "model": {"_target_": "fedlab.fl.model.MLP", "hidden": [128], "dropout": 0.0},
         "strategy": {
             "name": strategy,
             "flower": flower,

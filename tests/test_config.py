@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from fedlab.config import ClientConfig, ConfigError, FedlabConfig, SimulationConfig
-from fedlab.experiment import Experiment
+from fedlab.config.schema import ClientConfig, ConfigError, FedlabConfig, SimulationConfig
+from fedlab.config.experiment import Experiment
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -101,7 +101,7 @@ BAD = [
         "strategy.flower.num_malicious_nodes",
     ),
     (("strategy.flower._target_=flwr.serverapp.strategy.Nope",), "strategy.flower._target_"),
-    (("dataset._target_=fedlab.model.MLP",), "dataset._target_"),
+    (("dataset._target_=fedlab.fl.model.MLP",), "dataset._target_"),
 ]
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedlab.datasets.huggingface import HuggingFace
-from fedlab.datasets.sklearn import Digits, Iris
-from fedlab.datasets.synthetic import Synthetic
+from fedlab.data.datasets.huggingface import HuggingFace
+from fedlab.data.datasets.sklearn import Digits, Iris
+from fedlab.data.datasets.synthetic import Synthetic
 
 
 def test_digits_shapes_and_split() -> None:

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedlab.client_app import ClientSpec
-from fedlab.config import ConfigError
-from fedlab.record import load_model, read_csv
+from fedlab.fl.client_app import ClientSpec
+from fedlab.config.schema import ConfigError
+from fedlab.record.run_dir import load_model, read_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -51,7 +51,7 @@ def _context(run_config: dict, node_config: dict | None = None):
 
 
 def test_overrides_come_from_the_run_config() -> None:
-    from fedlab.deployment import overrides_of
+    from fedlab.engines.deployment import overrides_of
 
     assert overrides_of({"overrides": "strategy=fedprox 'model.hidden=[16, 8]'"}) == [
         "strategy=fedprox",
@@ -63,16 +63,16 @@ def test_overrides_come_from_the_run_config() -> None:
 
 
 def test_bad_overrides_are_one_config_error() -> None:
-    from fedlab.deployment import compose_config
+    from fedlab.engines.deployment import compose_config
 
     with pytest.raises(ConfigError, match="overrides"):
         compose_config(["strategy=nope"])
 
 
 def test_a_node_derives_its_spec_and_prepares_data_once(tmp_path, compose_cfg, monkeypatch) -> None:
-    from fedlab import deployment
-    from fedlab.experiment import Experiment
-    from fedlab.partition import FederatedData
+    from fedlab.engines import deployment
+    from fedlab.config.experiment import Experiment
+    from fedlab.data.partition import FederatedData
 
     context = _context({"overrides": " ".join(OVERRIDES)}, {"partition-id": 1})
     monkeypatch.setenv(deployment.CACHE_ENV, str(tmp_path))
@@ -93,7 +93,7 @@ def test_deployed_clientapp_trains_like_the_simulation_one(
     run_inprocess, tmp_path, monkeypatch
 ) -> None:
     """The module-level ClientApp (spec from run_config) gives the closure's model exactly."""
-    from fedlab import deployment
+    from fedlab.engines import deployment
 
     monkeypatch.setenv(deployment.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setattr(deployment, "_specs", {})
@@ -116,7 +116,7 @@ def test_deployed_clientapp_trains_like_the_simulation_one(
 def test_polling_grid_collects_replies_and_respects_the_timeout() -> None:
     from types import SimpleNamespace
 
-    from fedlab.deployment import PollingGrid
+    from fedlab.engines.deployment import PollingGrid
 
     class Grid:
         def __init__(self) -> None:

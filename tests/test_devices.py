@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from fedlab.config import ConfigError
-from fedlab.devices import (
+from fedlab.config.schema import ConfigError
+from fedlab.trackers.devices import (
     Device,
     Fleet,
     Link,
@@ -21,9 +21,9 @@ from fedlab.devices import (
     flops_per_example,
     steps_for,
 )
-from fedlab.experiment import Experiment
-from fedlab.record import read_csv
-from fedlab.training import batches
+from fedlab.config.experiment import Experiment
+from fedlab.record.run_dir import read_csv
+from fedlab.fl.training import batches
 
 SLOW = Device("slow", gflops=0.001, active_w=5.0, idle_w=1.0, link="lan")  # 1 MFLOP/s
 FAST = Device("fast", gflops=0.01, active_w=20.0, idle_w=2.0, link="lan")  # 10 MFLOP/s
@@ -98,7 +98,7 @@ def test_time_is_flops_over_throughput_and_transfers_bytes_over_bandwidth() -> N
 
 
 def test_energy_is_power_times_time() -> None:
-    from fedlab.devices import DeviceLedger
+    from fedlab.trackers.devices import DeviceLedger
 
     fleet = _fleet()
     ledger = DeviceLedger(fleet, intensity=lambda client, t: 500.0, count_idle=True)
@@ -124,7 +124,7 @@ def test_energy_is_power_times_time() -> None:
 
 
 def test_deadline_stragglers_from_known_times() -> None:
-    from fedlab.schedule import Scheduler
+    from fedlab.fl.schedule import Scheduler
 
     fleet = _fleet(model_bytes=10_000)  # transfers: 0.01 + 0.02 s
     # 2 epochs: slow client 0.2 s compute, fast 0.02 s; the deadline sits between them
@@ -204,7 +204,7 @@ def test_every_device_option_composes_with_sourced_profiles(compose_cfg) -> None
 
 
 def test_a_run_records_device_time_energy_and_emissions(run_inprocess) -> None:
-    from fedlab.carbon import assign_regions, carbon_intensity
+    from fedlab.trackers.carbon import assign_regions, carbon_intensity
 
     exp, fed, record, _ = run_inprocess(
         "devices=edge_mix",
@@ -267,7 +267,7 @@ def test_a_run_records_device_time_energy_and_emissions(run_inprocess) -> None:
 
 
 def test_compare_shows_edge_emissions_and_time_to_accuracy(run_inprocess, tmp_path) -> None:
-    from fedlab.compare import main
+    from fedlab.reports.compare import main
 
     root = tmp_path / "sweep"
     for name, mix in (("0", "devices=edge_mix"), ("1", "devices=phones")):
@@ -304,7 +304,7 @@ def test_a_resumed_run_continues_the_device_totals_and_clock(run_inprocess, tmp_
 
 
 def test_the_model_card_states_the_device_model(run_inprocess) -> None:
-    from fedlab.model_card import write_model_card
+    from fedlab.reports.model_card import write_model_card
 
     _, _, record, _ = run_inprocess("devices=boards", "num_rounds=1")
     card = write_model_card(record.dir).read_text()
@@ -313,7 +313,7 @@ def test_the_model_card_states_the_device_model(run_inprocess) -> None:
 
 
 def test_carbon_aware_selection_reads_the_grid_at_the_device_clock() -> None:
-    from fedlab.schedule import Scheduler
+    from fedlab.fl.schedule import Scheduler
 
     seen: list[float] = []
 

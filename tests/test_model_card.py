@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from test_compare import write_run
 
-from fedlab.model_card import client_fairness, privacy_statement, write_model_card
+from fedlab.reports.model_card import client_fairness, privacy_statement, write_model_card
 
 #: Round 2 is the last round with client evaluations (round 3 has none), so it is the one
 #: the card must use; round 1's numbers must not leak in.

@@ -7,9 +7,9 @@ import pytest
 import torch
 from opacus.validators import ModuleValidator
 
-from fedlab.datasets import ArraySplit
-from fedlab.model import CNN, MLP, LogisticRegression, build_model
-from fedlab.training import batches, evaluate, seed_for, train
+from fedlab.data.datasets import ArraySplit
+from fedlab.fl.model import CNN, MLP, LogisticRegression, build_model
+from fedlab.fl.training import batches, evaluate, seed_for, train
 
 
 @pytest.mark.parametrize("cls", [LogisticRegression, MLP, CNN])
@@ -21,7 +21,7 @@ def test_models_fit_shapes_and_opacus(cls, shape) -> None:
 
 
 def test_build_model_from_config_dict() -> None:
-    model = build_model({"_target_": "fedlab.model.MLP", "hidden": [32, 16]}, (60,), 10)
+    model = build_model({"_target_": "fedlab.fl.model.MLP", "hidden": [32, 16]}, (60,), 10)
     assert [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)] == [
         32,
         16,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedlab.config import ConfigError
-from fedlab.datasets.sklearn import Digits
-from fedlab.datasets.synthetic import Synthetic
-from fedlab.partition import FederatedData, partition, plot_label_distribution
+from fedlab.config.schema import ConfigError
+from fedlab.data.datasets.sklearn import Digits
+from fedlab.data.datasets.synthetic import Synthetic
+from fedlab.data.partition import FederatedData, partition, plot_label_distribution
 
 DIGITS = Digits().load(seed=0)
 P = "flwr_datasets.partitioner."

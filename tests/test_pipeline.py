@@ -13,10 +13,10 @@ import torch
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedlab.client_app import build_client_app
-from fedlab.model import build_model
-from fedlab.record import load_model, read_csv
-from fedlab.schedule import Scheduler
+from fedlab.fl.client_app import build_client_app
+from fedlab.fl.model import build_model
+from fedlab.record.run_dir import load_model, read_csv
+from fedlab.fl.schedule import Scheduler
 
 SMALL = ("num_clients=4", "num_rounds=3", "model.hidden=[16]", "partition=iid")
 STRATEGIES = [
@@ -243,7 +243,7 @@ def test_a_crash_marks_the_record_failed_and_keeps_it(compose_cfg, tmp_path, mon
     def crash(*args, **kwargs):
         raise RuntimeError("the simulation engine broke")
 
-    monkeypatch.setattr("fedlab.simulation.simulate", crash)
+    monkeypatch.setattr("fedlab.engines.simulation.simulate", crash)
     with pytest.raises(RunFailed, match="the simulation engine broke"):
         run_experiment(compose_cfg(*SMALL, "carbon=off"), tmp_path / "run")
     results = json.loads((tmp_path / "run" / "results.json").read_text())

@@ -1,4 +1,4 @@
-"""Tests of fedlab.privacy against values that do not come from fedlab's own code.
+"""Tests of fedlab.trackers.privacy against values that do not come from fedlab's own code.
 
 References used:
 * TensorFlow Privacy, tutorials/README.md ("Select Parameters" table): MNIST, N = 60000,
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedlab.privacy import (
+from fedlab.trackers.privacy import (
     ClientAccountants,
     compute_epsilon,
     delta_warning,

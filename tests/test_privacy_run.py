@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from opacus.accountants import RDPAccountant
 
-from fedlab.config import ConfigError
-from fedlab.experiment import Experiment
-from fedlab.record import read_csv
+from fedlab.config.schema import ConfigError
+from fedlab.config.experiment import Experiment
+from fedlab.record.run_dir import read_csv
 
 SMALL = ("num_clients=4", "num_rounds=3", "model.hidden=[16]", "partition=iid")
 

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from fedlab.schedule import Scheduler
+from fedlab.fl.schedule import Scheduler
 
 BASE = dict(seed=0, num_clients=20, fraction_train=0.25, min_train_clients=1,
             fraction_evaluate=0.5, local_epochs=5, straggler_fraction=0.4,

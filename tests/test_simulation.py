@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fedlab.record import read_csv
+from fedlab.record.run_dir import read_csv
 
 pytestmark = pytest.mark.simulation
 EXE = Path(sys.executable).parent / "fedlab-run"

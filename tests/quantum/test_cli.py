@@ -25,7 +25,7 @@ import yaml
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
-from fedlab.config import ConfigError
+from fedlab.config.schema import ConfigError
 from fedlab.run import RunFailed
 from sandbox_quantum.cli import Grover, load_experiment, register_configs, run_quantum
 

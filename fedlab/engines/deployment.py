@@ -7,7 +7,7 @@ simulated one with the same overrides are the same experiment:
 
 * the ServerApp (on the SuperLink's machine) composes the config, validates it, prepares the
   data and opens the run record exactly as ``fedlab-run`` does
-  (:func:`fedlab.run.run_experiment`), then runs :func:`fedlab.server_app.run_server` over
+  (:func:`fedlab.run.run_experiment`), then runs :func:`fedlab.fl.server_app.run_server` over
   Flower's Grid; the record lands in the run config's ``run-dir``
   (default ``outputs/deployment/<run id>``, relative to the SuperLink's working directory);
 * each SuperNode's ClientApp composes the same config, partitions the data itself (the
@@ -35,8 +35,8 @@ from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig, OmegaConf
 
-from fedlab.client_app import ClientSpec, build_client_app
-from fedlab.config import ConfigError
+from fedlab.fl.client_app import ClientSpec, build_client_app
+from fedlab.config.schema import ConfigError
 
 log = logging.getLogger("fedlab")
 
@@ -66,7 +66,7 @@ def compose_config(overrides: list[str]) -> DictConfig:
     from hydra import compose, initialize_config_dir, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    from fedlab.config import register_configs
+    from fedlab.config.schema import register_configs
 
     register_configs()
     directory = conf_dir()
@@ -111,7 +111,7 @@ def cached_federation(exp: Any, raw: DictConfig, cache_dir: Path) -> Path:
     Written to a temporary name and renamed, so concurrent ClientApp processes (or two
     SuperNodes sharing a machine) never read a half-written file.
     """
-    from fedlab.record import atomic_path
+    from fedlab.record.run_dir import atomic_path
 
     path = cache_dir / f"federation-{config_hash(raw)}.npz"
     if not path.exists():
@@ -130,7 +130,7 @@ def client_spec(context: Context) -> ClientSpec:
     Flower starts a ClientApp process per message; within one process the spec is derived
     once per run (the clipping mod and the handler both ask for it).
     """
-    from fedlab.experiment import Experiment
+    from fedlab.config.experiment import Experiment
     from fedlab.run import _client_spec
 
     overrides = overrides_of(context.run_config)
@@ -198,7 +198,7 @@ serverapp = ServerApp()
 def _server_main(grid: Grid, context: Context) -> None:
     """Compose, validate, prepare and record as ``fedlab-run`` does; run over Flower's Grid."""
     from fedlab.run import run_experiment
-    from fedlab.server_app import run_server
+    from fedlab.fl.server_app import run_server
 
     _log_to_stderr()
     overrides = overrides_of(context.run_config)

@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
-from fedlab.config import ConfigError, StrategyConfig
+from fedlab.config.schema import ConfigError, StrategyConfig
 
 # Ranges of Flower hyperparameters that Flower itself does not check at construction time.
 _RULES: dict[str, tuple[Any, str]] = {
@@ -46,7 +46,7 @@ _TAKE_ALL = {
 
 
 class ScheduledSampling:
-    """Mixin: configure rounds through :meth:`fedlab.grid.FedlabGrid.view`.
+    """Mixin: configure rounds through :meth:`fedlab.fl.grid.FedlabGrid.view`.
 
     ``round_offset`` lets a resumed run reuse Flower's own round loop
     (``Strategy.start`` always counts from 1): the strategy and the schedule see the true

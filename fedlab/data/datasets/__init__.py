@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedlab.config import require
+from fedlab.config.schema import require
 
 
 @dataclass(frozen=True)

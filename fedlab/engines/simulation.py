@@ -14,7 +14,7 @@ import flwr
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
-from fedlab.config import SimulationConfig
+from fedlab.config.schema import SimulationConfig
 
 log = logging.getLogger("fedlab")
 

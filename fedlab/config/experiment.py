@@ -1,8 +1,8 @@
 """From a composed Hydra config to a validated experiment: the first stage of every run.
 
 :meth:`Experiment.from_config` checks the whole configuration before anything is written:
-the fixed schema through :mod:`fedlab.config`'s dataclasses, and each ``_target_`` group by
-building what it names. Every problem surfaces as one :class:`~fedlab.config.ConfigError`.
+the fixed schema through :mod:`fedlab.config.schema`'s dataclasses, and each ``_target_`` group by
+building what it names. Every problem surfaces as one :class:`~fedlab.config.schema.ConfigError`.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from fedlab.config import ConfigError, FedlabConfig, require
-from fedlab.datasets import DatasetSpec
-from fedlab.partition import FederatedData, partition
-from fedlab.schedule import Scheduler
-from fedlab.strategy import build_strategy, check_robust_aggregation
+from fedlab.config.schema import ConfigError, FedlabConfig, require
+from fedlab.data.datasets import DatasetSpec
+from fedlab.data.partition import FederatedData, partition
+from fedlab.fl.schedule import Scheduler
+from fedlab.fl.strategy import build_strategy, check_robust_aggregation
 
 if TYPE_CHECKING:
-    from fedlab.devices import Fleet
+    from fedlab.trackers.devices import Fleet
 
 
 def _omegaconf_message(err: OmegaConfBaseException, group: str) -> ConfigError:
@@ -70,7 +70,7 @@ def check_carbon(carbon: Any, num_clients: int, seed: int) -> None:
     An unknown country code must stop the run: CodeCarbon would silently fall back to the
     world average.
     """
-    from fedlab.carbon import NetworkModel, assign_links, assign_regions, carbon_intensity
+    from fedlab.trackers.carbon import NetworkModel, assign_links, assign_regions, carbon_intensity
 
     checks = (
         ("carbon.country", lambda: carbon_intensity(carbon.country)),
@@ -95,7 +95,7 @@ def check_carbon(carbon: Any, num_clients: int, seed: int) -> None:
 
 def check_devices(cfg: FedlabConfig) -> None:
     """Check the device mix and links against the profile library before the run starts."""
-    from fedlab.devices import assign
+    from fedlab.trackers.devices import assign
 
     devices = cfg.devices
     library = devices.profiles
@@ -134,7 +134,7 @@ class Experiment:
         if cfg.devices.enabled:
             check_devices(cfg)
         if cfg.privacy.mode == "central":
-            from fedlab.privacy import validate_central_dp_strategy
+            from fedlab.trackers.privacy import validate_central_dp_strategy
 
             try:
                 validate_central_dp_strategy(cfg.strategy.name)
@@ -188,16 +188,16 @@ class Experiment:
 
     def grid_intensity(self) -> Any:
         """(client, simulated seconds) -> gCO2e/kWh of the client's grid."""
-        from fedlab.carbon import client_grid_intensity
+        from fedlab.trackers.carbon import client_grid_intensity
 
         return client_grid_intensity(self.cfg.carbon, self.cfg.num_clients, self.cfg.seed)
 
     def carbon_tracker(self, fed: FederatedData, run_dir: Any) -> Any:
-        """The run's :class:`fedlab.carbon.RunCarbon` writing into ``run_dir`` (None when
+        """The run's :class:`fedlab.trackers.carbon.RunCarbon` writing into ``run_dir`` (None when
         ``carbon=off``); clients' links are their simulated devices' when there are any."""
         if not self.cfg.carbon.enabled:
             return None
-        from fedlab.carbon import RunCarbon
+        from fedlab.trackers.carbon import RunCarbon
 
         fleet = self.fleet(fed)
         return RunCarbon(
@@ -215,8 +215,8 @@ class Experiment:
         if self._fleet is None or self._fleet[0] is not fed:
             import torch
 
-            from fedlab.devices import Fleet
-            from fedlab.model import build_model
+            from fedlab.trackers.devices import Fleet
+            from fedlab.fl.model import build_model
 
             cfg = self.cfg
             # Any weights do (FLOPs depend on shapes only): leave the global RNG as it was.
@@ -285,7 +285,7 @@ class Experiment:
         client's planned participation in the seeded schedule, and written back into the
         config so the record says which noise was used.
         """
-        from fedlab.privacy import delta_warning, plan_local_noise
+        from fedlab.trackers.privacy import delta_warning, plan_local_noise
 
         privacy, cfg = self.cfg.privacy, self.cfg
         if privacy.mode == "none":

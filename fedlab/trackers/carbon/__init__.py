@@ -1262,7 +1262,7 @@ def client_grids(
 def client_grid_intensity(cfg: Any, num_clients: int, seed: int) -> Callable[[int, float], float]:
     """gCO2e/kWh of each client's grid at a time on the run's simulated clock.
 
-    The clock is the scheduler's (:meth:`fedlab.schedule.Scheduler.round_start_s`); without
+    The clock is the scheduler's (:meth:`fedlab.fl.schedule.Scheduler.round_start_s`); without
     an hourly profile the intensity is the region's annual value. Used by carbon-aware client
     selection, by the ledger and by the device model, so all three see the same grid.
     """
@@ -1280,7 +1280,7 @@ class RunCarbon:
     The server calls :meth:`start_round` when a round begins and :meth:`end_round` with the
     round's client rows when it ends; :meth:`stop` closes the tracker (so its total covers
     the whole run, start-up included) and :meth:`summary` gives the record's ``carbon``
-    section. ``cfg`` is a :class:`fedlab.config.CarbonConfig`.
+    section. ``cfg`` is a :class:`fedlab.config.schema.CarbonConfig`.
     """
 
     def __init__(

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedlab.datasets import ArraySplit, CentralData, DatasetSpec, stratified_split
+from fedlab.data.datasets import ArraySplit, CentralData, DatasetSpec, stratified_split
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The figures of ``fedlab-compare``, drawn from a :class:`~fedlab.compare.Comparison`.
+"""The figures of ``fedlab-compare``, drawn from a :class:`~fedlab.reports.compare.Comparison`.
 
 Figures are built on ``matplotlib.figure.Figure`` with the Agg canvas directly, never through
 ``pyplot``: no global backend switch (importing this from a notebook leaves its backend
@@ -22,8 +22,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from fedlab.compare import FRONTS, OBJECTIVES, Comparison, Front, Run
-from fedlab.record import save_figure
+from fedlab.reports.compare import FRONTS, OBJECTIVES, Comparison, Front, Run
+from fedlab.record.run_dir import save_figure
 
 #: More entries than this and a legend hides the plot; the tables name every run anyway.
 MAX_LEGEND = 16

@@ -1,6 +1,6 @@
 """``fedlab-compare``: run records side by side, grouped, with their Pareto fronts.
 
-It reads only run records (see :mod:`fedlab.record`): ``results.json``, ``config.yaml`` and
+It reads only run records (see :mod:`fedlab.record.run_dir`): ``results.json``, ``config.yaml`` and
 ``rounds.csv`` of every run directory under the given paths, so a comparison can be redone
 long after the runs, on any machine, and never disagrees with the record. Accuracy is traded
 against two costs, emissions (kgCO2e) and privacy loss (epsilon); :func:`pareto_front` marks
@@ -29,7 +29,7 @@ from typing import Any, NoReturn
 
 import yaml
 
-from fedlab.record import RESULTS, SCHEMA, read_csv, write_csv, write_text
+from fedlab.record.run_dir import RESULTS, SCHEMA, read_csv, write_csv, write_text
 
 PROG = "fedlab-compare"
 
@@ -628,7 +628,7 @@ def default_out(paths: Sequence[Path]) -> Path:
 
 def write_outputs(result: Comparison, out: Path) -> list[str]:
     """Write the CSVs, ``comparison.md`` and the plots into ``out``; returns report lines."""
-    from fedlab.plots import write_plots
+    from fedlab.reports.plots import write_plots
 
     out.mkdir(parents=True, exist_ok=True)
     group_of = {id(run): row.label for row in result.rows if result.grouped for run in row.runs}

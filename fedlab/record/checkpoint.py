@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
-from fedlab.record import atomic_path
+from fedlab.record.run_dir import atomic_path
 
 FILE = "checkpoint.safetensors"
 # Scalar state of Flower's strategies and DP wrappers that changes during a run.

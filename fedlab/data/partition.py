@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from fedlab.config import ConfigError, require
-from fedlab.datasets import ArraySplit, CentralData
-from fedlab.record import save_figure
+from fedlab.config.schema import ConfigError, require
+from fedlab.data.datasets import ArraySplit, CentralData
+from fedlab.record.run_dir import save_figure
 
 # Range checks for partitioner arguments whose violations flwr-datasets reports late or
 # not at all (e.g. a negative Dirichlet alpha produces NaN proportions).

@@ -6,7 +6,7 @@ seeding client selection with the round number), a resumed run replays the same 
 Ray's scheduling order cannot change a result.
 
 The scheduler also keeps the run's simulated clock (:meth:`Scheduler.round_start_s`): rounds of
-``hours_per_round`` each, or, with simulated devices (:mod:`fedlab.devices`), each round as
+``hours_per_round`` each, or, with simulated devices (:mod:`fedlab.trackers.devices`), each round as
 long as its slowest client takes on its device. Carbon-aware selection reads each client's grid
 at that clock, and a deadline turns the clients too slow for it into stragglers.
 """
@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedlab.training import seed_for
+from fedlab.fl.training import seed_for
 
 if TYPE_CHECKING:
-    from fedlab.devices import Fleet
+    from fedlab.trackers.devices import Fleet
 
 _SAMPLE, _STRAGGLE, _FAIL, _EVALUATE = range(4)
 

@@ -5,7 +5,7 @@ the same message. A serious experiment needs more, and the Grid is the one place
 strategy (and every DP wrapper around one) goes through, so fedlab wraps it instead of
 rewriting strategies:
 
-* sampling follows the seeded :class:`~fedlab.schedule.RoundPlan` (strategies only ever see
+* sampling follows the seeded :class:`~fedlab.fl.schedule.RoundPlan` (strategies only ever see
   the nodes planned for the current round and phase, through :meth:`FedlabGrid.view`);
 * per-client instructions are added to the outgoing messages (partial epochs for FedProx
   stragglers, injected failures);
@@ -28,9 +28,9 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from fedlab.client_app import FAIL_KEY
-from fedlab.schedule import RoundPlan, Scheduler
-from fedlab.training import seed_for
+from fedlab.fl.client_app import FAIL_KEY
+from fedlab.fl.schedule import RoundPlan, Scheduler
+from fedlab.fl.training import seed_for
 
 log = getLogger(__name__)
 

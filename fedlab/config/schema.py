@@ -6,7 +6,7 @@ Hydra composes YAML from ``conf/``; this module says what the result must look l
   ``stragglers`` and ``failures`` groups) is a tree of dataclasses registered in Hydra's
   ConfigStore, so OmegaConf rejects a wrong type at composition time.
 * Groups whose options differ in shape (``dataset``, ``partition``, ``model``, ``strategy``)
-  name their implementation with ``_target_``. :meth:`fedlab.experiment.Experiment.from_config`
+  name their implementation with ``_target_``. :meth:`fedlab.config.experiment.Experiment.from_config`
   builds each of them once at start-up so the implementation's own dataclass or constructor
   checks its arguments, and the first problem becomes a :class:`ConfigError` that names the
   key and what is allowed.
@@ -170,7 +170,7 @@ class StrategyConfig:
     q-FedAvg asks clients for the loss of the global model before training). ``selection:
     carbon_aware`` fills each round with the clients whose grid is cleanest at that hour,
     except a ``fairness_floor`` share of the slots drawn uniformly from everyone, so every
-    client keeps taking part (see :meth:`fedlab.schedule.Scheduler.plan`).
+    client keeps taking part (see :meth:`fedlab.fl.schedule.Scheduler.plan`).
     """
 
     name: str = MISSING
@@ -224,9 +224,9 @@ class PrivacyConfig:
         require_choice(self.mode, "privacy.mode", ("none", "local", "central"))
         if self.mode == "none":
             return
-        # The value rules are fedlab.privacy's (imported here only when DP is on: it pulls
+        # The value rules are fedlab.trackers.privacy's (imported here only when DP is on: it pulls
         # in Opacus and torch, which `fedlab-run --help` should not pay for).
-        from fedlab import privacy
+        from fedlab.trackers import privacy
 
         for key, check in (
             ("delta", privacy.validate_delta),

@@ -10,17 +10,17 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from fedlab import checkpoint
-from fedlab.carbon import RunCarbon
-from fedlab.devices import DeviceLedger
-from fedlab.experiment import Experiment
-from fedlab.grid import FedlabGrid, RoundTally
-from fedlab.model import build_model
-from fedlab.partition import FederatedData
-from fedlab.privacy import PrivacyLedger, central_dp_strategy
-from fedlab.record import RunRecord
-from fedlab.strategy import build_strategy
-from fedlab.training import evaluate, seed_for
+from fedlab.record import checkpoint
+from fedlab.trackers.carbon import RunCarbon
+from fedlab.trackers.devices import DeviceLedger
+from fedlab.config.experiment import Experiment
+from fedlab.fl.grid import FedlabGrid, RoundTally
+from fedlab.fl.model import build_model
+from fedlab.data.partition import FederatedData
+from fedlab.trackers.privacy import PrivacyLedger, central_dp_strategy
+from fedlab.record.run_dir import RunRecord
+from fedlab.fl.strategy import build_strategy
+from fedlab.fl.training import evaluate, seed_for
 
 log = getLogger("fedlab")
 

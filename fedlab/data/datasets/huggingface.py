@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedlab.config import ConfigError, require
-from fedlab.datasets import ArraySplit, CentralData, DatasetSpec, stratified_split
+from fedlab.config.schema import ConfigError, require
+from fedlab.data.datasets import ArraySplit, CentralData, DatasetSpec, stratified_split
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Static settings (where the partitioned data lies, which model to build, the run seed) form a
 :class:`ClientSpec`. In simulation it is closed over by :func:`build_client_app`, because
 ``run_simulation`` leaves ``context.run_config`` empty; on Flower's Deployment Engine
-(:mod:`fedlab.deployment`) each SuperNode derives it from the run config instead, so
+(:mod:`fedlab.engines.deployment`) each SuperNode derives it from the run config instead, so
 :func:`build_client_app` also accepts a function of the Context. Everything that changes per
 round (local epochs, learning rate, FedProx's mu, an injected failure) arrives in the
 message's ConfigRecord, as Flower intends.
@@ -23,9 +23,9 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedlab.model import build_model
-from fedlab.partition import FederatedData, load_cached
-from fedlab.training import evaluate, make_optimizer, seed_for, train, train_private
+from fedlab.fl.model import build_model
+from fedlab.data.partition import FederatedData, load_cached
+from fedlab.fl.training import evaluate, make_optimizer, seed_for, train, train_private
 
 FAIL_KEY = "fedlab-fail"  # set by the server's schedule to inject a client crash
 

@@ -834,7 +834,7 @@ def central_dp_strategy(
     Returns ``(wrapped, flower_accounted)``. Flower's own RDP accountant is attached where it
     applies (fixed clipping over FedAvg's own aggregation with equal client weights and no
     amplification claimed, which matches fedlab's fixed-size client sampling); the ledger
-    accounts every other case with Opacus. ``cfg`` is a :class:`fedlab.config.PrivacyConfig`.
+    accounts every other case with Opacus. ``cfg`` is a :class:`fedlab.config.schema.PrivacyConfig`.
     """
     from flwr.serverapp import NeighboringRelation, PrivacyConfig, RdpAccountant, SamplingMethod
     from flwr.serverapp import strategy as flwr_strategy

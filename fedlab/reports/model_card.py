@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedlab.compare import Run, cell, load_run, number
-from fedlab.record import read_csv, write_text
+from fedlab.reports.compare import Run, cell, load_run, number
+from fedlab.record.run_dir import read_csv, write_text
 
 CARD = "model_card.md"
 

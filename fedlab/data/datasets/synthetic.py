@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedlab.config import require
-from fedlab.datasets import ArraySplit, CentralData, DatasetSpec
+from fedlab.config.schema import require
+from fedlab.data.datasets import ArraySplit, CentralData, DatasetSpec
 
 
 @dataclass

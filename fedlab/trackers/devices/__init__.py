@@ -9,7 +9,7 @@ measured FL on real edge hardware for this reason)? The model, every step of it 
 * **work** is counted in a hardware-neutral unit: FLOPs per example, from PyTorch's own
   ``FlopCounterMode`` over one forward and backward pass of the run's model (forward only for
   evaluation), times the examples a client actually processed (from the local steps it
-  reported, exactly as :func:`fedlab.training.train` batches them);
+  reported, exactly as :func:`fedlab.fl.training.train` batches them);
 * **time** = FLOPs / the device's sustained throughput; transfers = bytes x 8 / the link's
   bandwidth (down and up), the bytes being the model payload the Grid meters;
 * **energy** = the device's active power x compute time + its transfer power x transfer
@@ -18,7 +18,7 @@ measured FL on real edge hardware for this reason)? The model, every step of it 
 * the **simulated clock**: a round lasts its training phase (the slowest trained client,
   or the deadline if a client missed it) plus its evaluation phase (the slowest evaluated
   client); the run's clock is the sum of its rounds. The clock is computed from the seeded
-  schedule (:class:`fedlab.schedule.Scheduler`), so carbon-aware selection can read the
+  schedule (:class:`fedlab.fl.schedule.Scheduler`), so carbon-aware selection can read the
   intensity at the start of a round before it runs, and a resumed run needs no saved state.
 
 Nothing here replaces the host measurement: the record keeps both, side by side.
@@ -164,7 +164,7 @@ def flops_per_example(
 def examples_processed(n: int, batch_size: int, steps: int, *, poisson: bool) -> float:
     """Examples a client's ``steps`` local steps went through on ``n`` examples.
 
-    Mirrors :func:`fedlab.training.batches`: an epoch is ceil(n / batch_size) batches, all
+    Mirrors :func:`fedlab.fl.training.batches`: an epoch is ceil(n / batch_size) batches, all
     full but the last. DP-SGD's Poisson batches (sampling rate 1 / batches per epoch) hold
     n / batches examples on average, the expected count.
     """
@@ -240,7 +240,7 @@ class Fleet:
         seed: int,
         poisson: bool = False,
     ) -> Fleet:
-        """The fleet a :class:`fedlab.config.DevicesConfig` describes, for ``model``."""
+        """The fleet a :class:`fedlab.config.schema.DevicesConfig` describes, for ``model``."""
         from flwr.app import ArrayRecord
 
         library = cfg.profiles

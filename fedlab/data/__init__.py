@@ -1,0 +1,1 @@
+"""Data: datasets and how their examples are partitioned among the clients."""

@@ -1,0 +1,1 @@
+"""Engines: where the ServerApp and ClientApps run (Ray simulation, in-process, Deployment Engine)."""

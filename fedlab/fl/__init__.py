@@ -1,0 +1,1 @@
+"""Federated learning proper: model, local training, client app, schedule, grid, strategies, server app."""

@@ -1,0 +1,95 @@
+"""A run record's life: claim the directory, run the body, close the record exactly once.
+
+Shared by ``fedlab-run`` and ``fedlab-quantum``, so both refuse, skip and retry directories
+the same way and end every record with the same statuses: ``completed``, ``failed`` (with the
+error) or ``interrupted``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from logging import getLogger
+from pathlib import Path
+from typing import Any
+
+from fedlab.config.schema import ConfigError
+from fedlab.record.run_dir import RESULTS, RunRecord, existing_status
+
+log = getLogger("fedlab")
+
+
+class RunFailed(RuntimeError):
+    """The run started but did not complete; its record says ``failed`` and why."""
+
+
+def error_line(err: BaseException) -> str:
+    """An exception as one line for the record and the console (type and last line)."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[-1] if text else ''}"[:500]
+
+
+def claim(run_dir: Path, config_yaml: str) -> dict | None:
+    """Make ``run_dir`` ready for a run of ``config_yaml``; what to do with an existing record.
+
+    The same configuration, completed: return its results (a rerun sweep skips it). The same
+    configuration, not completed (failed, interrupted, killed): move that attempt aside into
+    ``attempts/<n>/`` and return None (run again). Another configuration: raise
+    :class:`ConfigError`, since a record is never overwritten.
+    """
+    status = existing_status(run_dir)
+    if status is None:
+        return None
+    config = run_dir / "config.yaml"
+    if not config.exists() or config.read_text() != config_yaml:
+        raise ConfigError(
+            "hydra.run.dir",
+            f"{run_dir} already holds another run's record (status: {status}); "
+            "choose a new directory",
+        )
+    if status == "completed":
+        return json.loads((run_dir / RESULTS).read_text())
+    attempts = run_dir / "attempts"
+    attempt = attempts / str(len(list(attempts.glob("*"))) + 1 if attempts.exists() else 1)
+    attempt.mkdir(parents=True)
+    for path in run_dir.iterdir():
+        if path.name != "attempts":
+            path.rename(attempt / path.name)
+    log.warning(
+        "fedlab: %s held an unfinished attempt (status: %s); moved to %s", run_dir, status, attempt
+    )
+    return None
+
+
+def supervise(
+    record: RunRecord,
+    body: Callable[[], None],
+    closing: Callable[[str], dict[str, Any]],
+    finished: Callable[[], None] | None = None,
+) -> None:
+    """Run ``body`` and close ``record`` once, whatever ends it.
+
+    ``closing(status)`` releases what the run holds and returns the record's final fields
+    (it runs before the status is written, so a reader never sees ``completed`` with
+    sections still missing); ``finished()`` runs after it is written (reports made from the
+    record, such as the model card). ``KeyboardInterrupt`` marks the record ``interrupted`` and goes
+    on; any other exception marks it ``failed`` and becomes :class:`RunFailed`.
+    """
+    started = time.perf_counter()
+
+    def close(status: str, error: str | None = None) -> None:
+        fields = {"duration_s": round(time.perf_counter() - started, 3), **closing(status)}
+        record.finish(status, error=error, **fields)
+        if finished is not None:
+            finished()
+
+    try:
+        body()
+    except KeyboardInterrupt:
+        close("interrupted")
+        raise
+    except Exception as err:
+        close("failed", error_line(err))
+        raise RunFailed(error_line(err)) from err
+    close("completed")

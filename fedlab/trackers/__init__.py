@@ -1,0 +1,1 @@
+"""Trackers: everything a run measures (privacy, carbon, devices, and user-defined ones) behind one interface."""

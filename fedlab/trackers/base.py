@@ -1,0 +1,184 @@
+"""The tracker interface: one seam for everything a run measures or keeps.
+
+Privacy accounting, carbon accounting and simulated devices are trackers, and so is anything a
+researcher adds later (``trackers.<name>._target_`` in the config names a :class:`Tracker`
+subclass; no edit under ``fedlab/``). The server app, the checkpoint, the record's schema, the
+console line, the model card and ``fedlab-compare`` loop over the configured trackers and never
+name one. A tracker says what it can do by what it declares:
+
+* ``round_columns`` / ``client_columns``: the columns it adds to ``rounds.csv`` /
+  ``clients.csv`` (in the schema whether or not the tracker is active in a run, so every record
+  of one configuration has the same header);
+* ``reply_metrics``: client reply metric keys it wants copied into ``clients.csv`` columns;
+* ``after``: the trackers whose round results it reads (carbon reads the device clock), so
+  they run first;
+* ``objectives``: the numbers it offers ``fedlab-compare`` (:class:`Objective`);
+* hooks with defaults that do nothing: :meth:`start_round`, :meth:`end_round`,
+  :meth:`wrap_strategy`, :meth:`train_config`, :meth:`console`, :meth:`close`;
+* :meth:`summary` (its ``results.json`` section) and :meth:`state_dict` /
+  :meth:`load_state_dict` (its part of the checkpoint, as Opacus's accountants do);
+* :meth:`card_section`, the model card's section, written from the record alone.
+
+Why fedlab writes this interface itself: Flower's strategies and mods see messages, not a
+run (no round-end hook with the whole round's client rows, no checkpoint or record); CodeCarbon
+and Opacus each measure one thing. The interface is the small piece that joins them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+if TYPE_CHECKING:
+    from fedlab.config.experiment import Experiment
+    from fedlab.data.partition import FederatedData
+    from fedlab.fl.grid import RoundTally
+    from fedlab.fl.schedule import Scheduler
+    from fedlab.record.reader import Run
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A number a tracker offers ``fedlab-compare``: where it lives in ``results.json``.
+
+    ``paths`` are summed (bytes down + up); ``front`` makes it a cost that accuracy is traded
+    against (a Pareto front and its plot, ``pareto_<front>.png``).
+    """
+
+    name: str  # column in comparison.csv
+    paths: tuple[tuple[str, ...], ...]
+    direction: Literal["min", "max"] = "min"
+    unit: str = ""
+    header: str = ""  # column in the printed table ("" keeps it out of the table)
+    front: str = ""  # the front's name, "" for none
+    axis: str = ""  # the front's axis label
+    fmt: str = ".3g"  # format spec, or "bytes"
+    optional: bool = False  # in the printed table only when some run records it
+    measured: bool = False  # a noisy measurement (host energy), not a deterministic model
+
+
+@dataclass
+class RunContext:
+    """What a tracker is built from: the validated experiment, its data, the run directory."""
+
+    exp: Experiment
+    fed: FederatedData
+    run_dir: Path
+
+
+@dataclass
+class RoundContext:
+    """A round as trackers see it when it ends.
+
+    ``tally.rows`` are the round's ``clients.csv`` rows (trackers add their client columns to
+    them in place); ``row`` is the round's ``rounds.csv`` row so far (trackers that run earlier
+    have added theirs); ``clock`` is the seeded schedule, whose ``round_start_s`` and
+    ``phases_s`` give the round's place on the simulated clock.
+    """
+
+    server_round: int
+    tally: RoundTally
+    clock: Scheduler
+    row: dict[str, Any]
+
+
+class Tracker:
+    """Base class of everything a run measures; subclasses override what they need."""
+
+    #: Section name in ``results.json`` and key in the checkpoint (the config's key).
+    name: ClassVar[str] = ""
+    round_columns: ClassVar[tuple[str, ...]] = ()
+    client_columns: ClassVar[tuple[str, ...]] = ()
+    #: Client reply metric key -> ``clients.csv`` column (copied by the Grid).
+    reply_metrics: ClassVar[Mapping[str, str]] = {}
+    after: ClassVar[tuple[str, ...]] = ()
+    objectives: ClassVar[tuple[Objective, ...]] = ()
+
+    @classmethod
+    def check(cls, exp: Experiment) -> None:
+        """Validate the experiment's settings for this tracker before anything is written
+        (raise :class:`fedlab.config.schema.ConfigError` naming the key)."""
+
+    @classmethod
+    def build(cls, run: RunContext, **options: Any) -> Tracker | None:
+        """The tracker for this run, or None when the experiment does not use it.
+
+        ``options`` are the keys of ``trackers.<name>`` besides ``_target_``.
+        """
+        return cls(**options)
+
+    @classmethod
+    def inactive_summary(cls, exp: Experiment) -> Any:
+        """The ``results.json`` section of a run that does not use this tracker."""
+        return None
+
+    # -- during the run -------------------------------------------------------------------
+
+    def wrap_strategy(self, strategy: Any) -> Any:
+        """The strategy the server runs (a DP wrapper around it, say); default unchanged."""
+        return strategy
+
+    def train_config(self) -> dict[str, Any]:
+        """Entries added to every client's training instructions."""
+        return {}
+
+    def start_round(self, server_round: int) -> None:
+        """``server_round`` begins (called after the previous round was recorded)."""
+
+    def end_round(self, ctx: RoundContext) -> dict[str, Any]:
+        """The round ended: add client columns to ``ctx.tally.rows``; return round columns."""
+        return {}
+
+    def console(self, row: Mapping[str, Any]) -> str | None:
+        """A fragment of the round's progress line (``row`` is its ``rounds.csv`` row)."""
+        return None
+
+    def summary(self) -> Any:
+        """The tracker's ``results.json`` section so far."""
+        return None
+
+    def close(self) -> Any:
+        """The run ended (whatever its status): release resources; return the final
+        ``results.json`` section (default: :meth:`summary`). Called once."""
+        return self.summary()
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able state for the checkpoint."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state_dict` of a checkpoint."""
+
+    # -- reports (from the record alone) ---------------------------------------------------
+
+    @classmethod
+    def card_section(cls, run: Run) -> str | None:
+        """The model card's section for this tracker (markdown), or None for none."""
+        return None
+
+
+def order(trackers: Sequence[Tracker]) -> list[Tracker]:
+    """``trackers`` in an order where each runs after the trackers it declares in ``after``
+    (a stable topological sort: otherwise config order). A name not configured is ignored:
+    carbon runs without devices too."""
+    by_name = {t.name: t for t in trackers}
+    done: dict[str, Tracker] = {}
+    visiting: set[str] = set()
+
+    def visit(tracker: Tracker) -> None:
+        if tracker.name in done:
+            return
+        if tracker.name in visiting:
+            raise ValueError(f"trackers: '{tracker.name}' depends on itself through 'after'")
+        visiting.add(tracker.name)
+        for dep in tracker.after:
+            if dep in by_name:
+                visit(by_name[dep])
+        visiting.discard(tracker.name)
+        done[tracker.name] = tracker
+
+    for tracker in trackers:
+        visit(tracker)
+    return list(done.values())
