@@ -1,4 +1,4 @@
-"""Benchmark: DP-SGD (Opacus, via fedlab.trackers.privacy) against non-private training.
+"""Benchmark: DP-SGD (Opacus, via fedlab.trackers.privacy.dpsgd) against non-private training.
 
 One epoch of sklearn's load_digits (1797 images, 1x8x8, 10 classes), batch 32, SGD, on CPU,
 for the two model families fedlab ships: an MLP (64-128-10) and a small CNN (conv-GroupNorm
@@ -22,57 +22,14 @@ import time
 import warnings
 from collections.abc import Callable
 
-import numpy as np
 import torch
 from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedlab.trackers.privacy import (
-    GRAD_SAMPLE_MODES,
-    PrivateTraining,
-    make_private_training,
-    private_training,
-)
-
-try:  # the framework's models, if present
-    from fedlab.fl.model import CNN, MLP
-except ImportError:  # pragma: no cover - fallback while fedlab.fl.model is being written
-
-    class MLP(nn.Module):  # type: ignore[no-redef]
-        """64-128-10 multilayer perceptron."""
-
-        def __init__(self, input_shape: tuple[int, ...], num_classes: int,
-                     hidden: tuple[int, ...] = (128,)) -> None:
-            super().__init__()
-            width = int(np.prod(input_shape))
-            layers: list[nn.Module] = [nn.Flatten()]
-            for h in hidden:
-                layers += [nn.Linear(width, h), nn.ReLU()]
-                width = h
-            self.net = nn.Sequential(*layers, nn.Linear(width, num_classes))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.net(x)
-
-    class CNN(nn.Module):  # type: ignore[no-redef]
-        """Conv-GroupNorm-ReLU blocks, global average pooling, small head."""
-
-        def __init__(self, input_shape: tuple[int, ...], num_classes: int,
-                     channels: tuple[int, ...] = (16, 32)) -> None:
-            super().__init__()
-            blocks: list[nn.Module] = []
-            in_ch = input_shape[0]
-            for out_ch in channels:
-                blocks += [nn.Conv2d(in_ch, out_ch, 3, padding=1), nn.GroupNorm(4, out_ch),
-                           nn.ReLU(), nn.MaxPool2d(2)]
-                in_ch = out_ch
-            self.net = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                     nn.Linear(in_ch, 64), nn.ReLU(), nn.Linear(64, num_classes))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.net(x)
-
+from fedlab.config.privacy_rules import GRAD_SAMPLE_MODES
+from fedlab.fl.model import CNN, MLP
+from fedlab.trackers.privacy.dpsgd import PrivateTraining, make_private_training, private_training
 
 BATCH = 32
 LR = 0.05
@@ -143,7 +100,7 @@ def non_private_runner(make_model: Callable[[], nn.Module],
 
 def private_runner(make_model: Callable[[], nn.Module], dataset: TensorDataset,
                    mode: str) -> tuple[Callable[[], Phases], PrivateTraining]:
-    """DP-SGD via fedlab.trackers.privacy (Poisson sampling, same expected batch size)."""
+    """DP-SGD via fedlab.trackers.privacy.dpsgd (Poisson sampling, same expected batch size)."""
     torch.manual_seed(0)
     model = make_model()
     opt = torch.optim.SGD(model.parameters(), lr=LR)

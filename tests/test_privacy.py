@@ -1,4 +1,4 @@
-"""Tests of fedlab.trackers.privacy against values that do not come from fedlab's own code.
+"""Tests of fedlab's privacy code against values that do not come from fedlab's own code.
 
 References used:
 * TensorFlow Privacy, tutorials/README.md ("Select Parameters" table): MNIST, N = 60000,
@@ -22,19 +22,23 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedlab.trackers.privacy import (
-    ClientAccountants,
-    compute_epsilon,
+from fedlab.config.privacy_rules import (
+    RUN_ACCOUNTANTS,
     delta_warning,
-    noise_for_target_epsilon,
-    private_training,
-    user_level_history,
-    validate_central_dp_strategy,
+    validate_accountant,
+    validate_conversion,
     validate_delta,
     validate_grad_sample_mode,
     validate_max_grad_norm,
     validate_noise_multiplier,
+    validate_target_epsilon,
 )
+from fedlab.trackers.privacy.accounting import (
+    ClientAccountants,
+    compute_epsilon,
+    noise_for_target_epsilon,
+)
+from fedlab.trackers.privacy.dpsgd import private_training
 
 DELTA = 1e-5
 MNIST_N, MNIST_BATCH = 60000, 256
@@ -79,10 +83,8 @@ def test_opacus_conversion_is_tighter(
 
 @pytest.mark.parametrize(("z", "rdp_eps", "prv_eps"), [(1.0, 7.90, 7.06), (2.0, 2.58, 2.35)])
 def test_user_level_poisson_reference(z: float, rdp_eps: float, prv_eps: float) -> None:
-    history = user_level_history(
-        z, clients_per_round=10, num_clients=100, rounds=100, sampling="poisson"
-    )
-    assert history == [(z, 0.1, 100)]
+    # User-level DP-FedAvg, Poisson client sampling: 10 of 100 clients a round, 100 rounds.
+    history = [(z, 10 / 100, 100)]
     assert compute_epsilon(history, DELTA, "rdp") == pytest.approx(rdp_eps, abs=0.02)
     assert compute_epsilon(history, DELTA, "prv") == pytest.approx(prv_eps, abs=0.02)
 
@@ -127,16 +129,10 @@ def test_prv_matches_exact_gaussian() -> None:
 
 
 def test_fixed_size_sampling_claims_no_amplification() -> None:
-    fixed = user_level_history(
-        1.0, clients_per_round=10, num_clients=100, rounds=50, sampling="fixed"
-    )
-    poisson = user_level_history(1.0, 10, 100, 50, sampling="poisson")
-    assert fixed == [(1.0, 1.0, 50)]
+    # fedlab samples a fixed number of clients without replacement and accounts them with
+    # q = 1 (no amplification); Poisson sampling at q = 10/100 would claim far less epsilon.
+    fixed, poisson = [(1.0, 1.0, 50)], [(1.0, 10 / 100, 50)]
     assert compute_epsilon(fixed, DELTA) > 3 * compute_epsilon(poisson, DELTA)
-    with pytest.raises(ValueError, match="clients_per_round"):
-        user_level_history(1.0, 11, 10, 5)
-    with pytest.raises(ValueError, match="sampling"):
-        user_level_history(1.0, 1, 10, 5, sampling="uniform")
 
 
 # ---------------------------------------------------------------- compute_epsilon edges
@@ -179,7 +175,7 @@ def test_client_accountants_compose_and_round_trip_json() -> None:
     restored.load_state_dict(json.loads(json.dumps(accs.state_dict())))
     assert restored.history(0) == accs.history(0)
     assert restored.epsilons(DELTA) == accs.epsilons(DELTA)
-    assert ClientAccountants.from_state_dict(accs.state_dict()).client_ids == ["0", "1"]
+    assert restored.client_ids == ["0", "1"]
     with pytest.raises(ValueError, match="prv"):
         ClientAccountants("prv").load_state_dict(accs.state_dict())
     gdp = ClientAccountants("gdp")
@@ -230,14 +226,16 @@ def test_validation_messages() -> None:
             validate_delta(bad)
     with pytest.raises(ValueError, match="grad_sample_mode"):
         validate_grad_sample_mode("jax")
+    with pytest.raises(ValueError, match="rdp, prv, got 'gdp'"):
+        validate_accountant("gdp", RUN_ACCOUNTANTS)  # a run's epsilon must be an upper bound
+    with pytest.raises(ValueError, match="rdp accountant only"):
+        validate_conversion("classic", "prv")
+    with pytest.raises(ValueError, match="target_epsilon"):
+        validate_target_epsilon(math.inf)
     warning = delta_warning(0.01, 100)
     assert warning is not None and warning.startswith("WARNING") and "1/n" in warning
     assert "\n" not in warning
     assert delta_warning(1e-5, 60000) is None
-    for name in ("FedMedian", "fedtrimmedavg", "Krum", "multi_krum", "Bulyan"):
-        with pytest.raises(ValueError, match="sensitivity of the mean"):
-            validate_central_dp_strategy(name)
-    validate_central_dp_strategy("FedAvg")
 
 
 # ---------------------------------------------------------------- DP-SGD plumbing

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from opacus.accountants import RDPAccountant
 
-from fedlab.config.schema import ConfigError
 from fedlab.config.experiment import Experiment
+from fedlab.config.schema import ConfigError
 from fedlab.record.run_dir import read_csv
 
 SMALL = ("num_clients=4", "num_rounds=3", "model.hidden=[16]", "partition=iid")
@@ -83,7 +83,10 @@ def test_target_epsilon_chooses_the_noise(run_inprocess) -> None:
 @pytest.mark.parametrize(
     ("overrides", "key"),
     [
-        (("privacy=central", "strategy=fedmedian"), "privacy"),
+        (("privacy=central", "strategy=fedmedian"), "strategy.aggregate"),
+        (("privacy=central", "strategy=qfedavg"), "strategy.aggregate"),
+        (("privacy=local", "privacy.accountant=gdp"), "privacy.accountant"),
+        (("privacy=local", "privacy.target_epsilon=-1"), "privacy.target_epsilon"),
         (("privacy=central", "privacy.target_epsilon=2"), "privacy.target_epsilon"),
         (("privacy=local", "privacy.noise_multiplier=-1"), "privacy.noise_multiplier"),
         (("privacy=local", "privacy.delta=1.5"), "privacy.delta"),

@@ -95,15 +95,24 @@ def strategy_class(cfg: StrategyConfig) -> type[Strategy]:
 
 
 def check_robust_aggregation(cfg: StrategyConfig, clients_per_round: int) -> None:
-    """Byzantine-robust rules need enough clients per round for their assumed attackers."""
-    name = strategy_class(cfg).__name__
+    """Byzantine-robust rules need enough clients per round for the attackers they assume.
+
+    The bound is the strategy's own declaration (``strategy.min_clients_per_round``: ``base +
+    per_malicious * f`` with f = ``flower.num_malicious_nodes``; Krum declares 2f + 3, Bulyan
+    4f + 3), so a robust rule added by a YAML file is checked the same way.
+    """
+    bound = cfg.min_clients_per_round
+    if not bound:
+        return
     f = int(cfg.flower.get("num_malicious_nodes", 0))
-    need = {"Krum": 2 * f + 3, "MultiKrum": 2 * f + 3, "Bulyan": 4 * f + 3}.get(name)
-    if need is not None and clients_per_round < need:
+    base, per = bound.get("base", 0), bound.get("per_malicious", 0)
+    need = base + per * f
+    if clients_per_round < need:
         raise ConfigError(
-            "strategy.flower.num_malicious_nodes",
-            f"{name} with {f} malicious nodes needs at least {need} clients per round; "
-            f"this config samples {clients_per_round} (raise num_clients or fraction_train)",
+            "strategy.flower.num_malicious_nodes" if per else "strategy.min_clients_per_round",
+            f"{cfg.name} with {f} malicious nodes needs at least {need} clients per round "
+            f"(strategy.min_clients_per_round: {per}f + {base}); this config samples "
+            f"{clients_per_round} (raise num_clients or fraction_train)",
         )
 
 
