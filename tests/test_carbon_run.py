@@ -4,13 +4,17 @@ CodeCarbon's own data file and plain arithmetic."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from importlib.resources import files
+from pathlib import Path
 
 import pytest
 
-from fedlab.config.schema import ConfigError
 from fedlab.config.experiment import Experiment
+from fedlab.config.schema import ConfigError
 from fedlab.record.run_dir import read_csv
+from fedlab.trackers.carbon.host import HARDWARE_COUNTERS
 
 SMALL = ("num_clients=10", "num_rounds=2", "model.hidden=[16]", "partition=iid")
 REGIONS = "carbon.regions={NOR: 0.2, FRA: 0.2, DEU: 0.2, POL: 0.2, IND: 0.2}"
@@ -77,3 +81,101 @@ def test_unknown_country_names_valid_codes(compose_cfg) -> None:
 def test_carbon_off_needs_no_country(compose_cfg) -> None:
     exp = Experiment.from_config(compose_cfg("carbon=off", "carbon.country=XYZ"))
     assert not exp.cfg.carbon.enabled
+
+
+# -- the one table of links: a link added to a copy of the library ---------------------------
+
+EXE = Path(sys.executable).parent / "fedlab-run"
+LIBRARY = files("fedlab.conf") / "devices" / "profiles" / "library.yaml"
+FIVE_G = """\
+  5g:
+    down_mbps: 100.0
+    up_mbps: 20.0
+    transfer_w: 2.5
+    source: "a test link"
+"""
+
+
+def _library_copy(root: Path, priced: bool) -> Path:
+    """A copy of the installed library with a 5g link (kWh/GB only if ``priced``) and a
+    device on it, as a user adds one in their own config directory; returns the search path."""
+    text = LIBRARY.read_text()
+    text = text.replace("\ndevices:\n", "\ndevices:\n  phone5g: {gflops: 22.5, active_w: 3.0, "
+                        "idle_w: 0.027, link: 5g, source: a test device}\n")
+    link = FIVE_G + ('    kwh_per_gb: 0.05\n    kwh_per_gb_source: "a test value"\n'
+                     if priced else "")
+    path = root / "conf" / "devices" / "profiles" / "mine.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_text(text + link)
+    return root / "conf"
+
+
+def _fedlab_run(conf: Path, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    args = [f"hydra.searchpath=[file://{conf}]", "devices/profiles=mine", "simulation=inprocess",
+            "num_clients=4", "num_rounds=1", f"hydra.run.dir={run_dir}", *overrides]
+    return subprocess.run([str(EXE), *args], cwd=run_dir.parent, capture_output=True, text=True,
+                          timeout=300, check=False)
+
+
+@pytest.mark.parametrize("via", ["devices.mix=phone5g", "devices.links=5g"])
+def test_an_unpriced_link_is_refused_in_one_line_before_anything_is_written(
+    tmp_path: Path, via: str
+) -> None:
+    conf = _library_copy(tmp_path, priced=False)
+    run_dir = tmp_path / "run"
+    extra = () if via.startswith("devices.mix") else ("devices=edge_mix",)
+    result = _fedlab_run(conf, run_dir, *extra, via)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("fedlab-run: error: devices.profiles.links.5g.kwh_per_gb: ")
+    assert "carbon.network.5g" in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not list(run_dir.rglob("*"))  # nothing written (Hydra made the empty directory)
+
+
+def test_a_link_priced_in_the_library_copy_is_charged(tmp_path: Path) -> None:
+    conf = _library_copy(tmp_path, priced=True)
+    run_dir = tmp_path / "run"
+    result = _fedlab_run(conf, run_dir, "devices.mix=phone5g")
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "completed"
+    carbon, moved = results["carbon"], results["communication"]
+    assert carbon["network_kwh_per_gb"] == {"wired": 0.06, "wifi": 0.06, "4g": 0.14, "5g": 0.05}
+    total = moved["bytes_down"] + moved["bytes_up"]
+    assert carbon["communication_kwh"] == pytest.approx(total / 1e9 * 0.05, rel=1e-9)
+    clients = read_csv(run_dir / "clients.csv")
+    assert {r["device_link"] for r in clients} == {"5g"}
+    assert results["devices"]["links"]["5g"]["down_mbps"] == 100.0
+
+
+def test_carbon_network_prices_a_link_for_carbon_alone(compose_cfg, tmp_path: Path) -> None:
+    conf = _library_copy(tmp_path, priced=False)
+    search = f"hydra.searchpath=[file://{conf}]"
+    with pytest.raises(ConfigError) as err:
+        Experiment.from_config(compose_cfg(search, "devices/profiles=mine", "carbon.links=5g"))
+    assert err.value.key == "devices.profiles.links.5g.kwh_per_gb"
+    assert "used by carbon.links" in str(err.value)
+    exp = Experiment.from_config(
+        compose_cfg(search, "devices/profiles=mine", "carbon.links=5g", "carbon.network={5g: 0.05}")
+    )
+    assert exp.cfg.carbon.links == "5g"
+    # a link carbon.network adds is enough for carbon alone (devices off): 6g is in no library
+    Experiment.from_config(compose_cfg("carbon.links=6g", "carbon.network={6g: 0.01}"))
+
+
+def test_carbon_network_overrides_the_library_price(run_inprocess) -> None:
+    _, _, record, _ = run_inprocess(
+        *SMALL, "carbon.links={0: 4g, default: wifi}", "carbon.network={wifi: 0.03}", carbon=True
+    )
+    c = record.results["carbon"]
+    assert c["network_kwh_per_gb"] == {"wired": 0.06, "wifi": 0.03, "4g": 0.14}
+    expected = 0.0  # every client row's bytes at its link's kWh/GB
+    for r in read_csv(record.dir / "clients.csv"):
+        kwh_per_gb = 0.14 if r["client"] == "0" else 0.03
+        expected += (int(r["bytes_down"]) + int(r["bytes_up"])) / 1e9 * kwh_per_gb
+    assert c["communication_kwh"] == pytest.approx(expected, rel=1e-9)
+    # the record's estimated flag is the host-measurement rule's verdict on the power model
+    mode = c["power_model"].split(":")[0].removeprefix("CodeCarbon ")
+    assert c["estimated"] is (mode not in HARDWARE_COUNTERS)

@@ -1,0 +1,261 @@
+"""The carbon ledger of one run: a row per round and per participating client, and totals.
+
+Client compute is charged at the *host's* intensity (that is where the electricity was drawn,
+and the number that adds up with the measured total), communication at the *client's* region
+intensity (hourly with a profile). Rows are plain JSON so a checkpoint carries them across a
+restart; totals are always recomputed from the rows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fedlab.trackers.carbon.attribution import Attribution, PowerModel, attribute_round
+from fedlab.trackers.carbon.intensity import (
+    IntensityProfile,
+    carbon_intensity,
+    intensity_at,
+    kg_from_kwh,
+    normalise_code,
+)
+from fedlab.trackers.carbon.network import NetworkModel
+from fedlab.trackers.carbon.readings import EnergyReading, RoundMeasurement
+
+_LEDGER_VERSION = 1
+_SERVER = "server"
+
+
+def _client_part(cid: int) -> str:
+    return f"client_{cid}"
+
+
+class CarbonLedger:
+    """Per-round and per-client carbon rows of one run, with per-region totals.
+
+    Record each round with :meth:`record_round`. Row fields (all JSON-able):
+
+    * round rows: measured host energy (total/cpu/ram/gpu kWh, kg), the intensity
+      CodeCarbon applied, server and residual (idle/overhead) energy and emissions, the
+      attribution ``scale``, and the round's communication totals;
+    * client rows: region, link, CPU seconds, ``compute_kwh``; ``compute_kg`` at the
+      **host's** intensity (where the electricity was actually drawn: this is the number
+      that adds up with the measured total); ``compute_kg_client_grid`` at the client's
+      region intensity (what the same compute would emit in the client's region: the
+      federated-learning view of Qiu et al.); bytes down/up, ``comm_kwh`` and
+      ``comm_kg`` (at the client's region intensity, hourly if a profile is given).
+
+    Without a host measurement (``host=None``) the compute fields are None and only
+    communication is accounted. :meth:`state_dict`/:meth:`load_state_dict` carry the rows
+    across a checkpoint/restart; totals are always recomputed from the rows.
+    """
+
+    def __init__(
+        self,
+        client_regions: Sequence[str],
+        host_region: str,
+        network: NetworkModel | None = None,
+        client_links: str | Sequence[str] = "wired",
+        profile: IntensityProfile | None = None,
+    ):
+        self.client_regions = [normalise_code(r) for r in client_regions]
+        self.host_region = normalise_code(host_region)
+        self.network = network if network is not None else NetworkModel()
+        if isinstance(client_links, str):
+            client_links = [client_links] * len(self.client_regions)
+        if len(client_links) != len(self.client_regions):
+            raise ValueError(
+                f"{len(client_links)} client links for {len(self.client_regions)} clients"
+            )
+        self.client_links = [self.network.check_link(link) for link in client_links]
+        self.profile = profile
+        self.round_rows: list[dict[str, Any]] = []
+        self.client_rows: list[dict[str, Any]] = []
+
+    @property
+    def num_clients(self) -> int:
+        """Number of clients the ledger knows regions for."""
+        return len(self.client_regions)
+
+    def _check_client(self, cid: int) -> int:
+        if not isinstance(cid, int) or not 0 <= cid < self.num_clients:
+            raise ValueError(f"unknown client id {cid!r} (ids 0..{self.num_clients - 1})")
+        return cid
+
+    def record_round(
+        self,
+        server_round: int,
+        *,
+        sim_time_s: float,
+        client_cpu_s: Mapping[int, float],
+        bytes_by_client: Mapping[int, tuple[int, int]],
+        host: RoundMeasurement | EnergyReading | None = None,
+        power: PowerModel | None = None,
+        server_cpu_s: float = 0.0,
+    ) -> dict[str, Any]:
+        """Account one round; return its round row.
+
+        ``client_cpu_s``: CPU seconds each participating client reported (train +
+        evaluate). ``bytes_by_client``: ``(bytes_down, bytes_up)`` per client.
+        ``host``/``power``: the round's :class:`HostTracker` measurement and power model,
+        or None when carbon tracking is off. ``sim_time_s``: seconds since run start, for
+        hourly profiles.
+        """
+        if any(row["round"] == server_round for row in self.round_rows):
+            raise ValueError(f"round {server_round} already recorded")
+        reading = host.reading if isinstance(host, RoundMeasurement) else host
+        if isinstance(host, RoundMeasurement) and reading is None:
+            raise ValueError(f"round {host.name!r} has no reading yet (record after the block)")
+        if reading is not None and power is None:
+            raise ValueError("a host measurement needs the PowerModel to attribute it")
+        cids = sorted({self._check_client(c) for c in (*client_cpu_s, *bytes_by_client)})
+
+        attribution: Attribution | None = None
+        host_g = carbon_intensity(self.host_region)
+        if reading is not None and power is not None:
+            rate = power.kwh_per_cpu_second(reading.ram_w)
+            seconds = {_SERVER: float(server_cpu_s)}
+            seconds.update({_client_part(c): float(client_cpu_s.get(c, 0.0)) for c in cids})
+            attribution = attribute_round(reading.energy_kwh, seconds, rate)
+            applied = reading.intensity_g_per_kwh()
+            host_g = applied if applied is not None else host_g
+
+        round_comm_kwh: list[float] = []
+        round_comm_kg: list[float] = []
+        for cid in cids:
+            region = self.client_regions[cid]
+            link = self.client_links[cid]
+            down, up = bytes_by_client.get(cid, (0, 0))
+            comm_kwh = self.network.energy_kwh(down + up, link)
+            client_g = intensity_at(region, sim_time_s, self.profile)
+            comm_kg = kg_from_kwh(comm_kwh, client_g)
+            compute_kwh = compute_kg = compute_kg_region = None
+            if attribution is not None:
+                compute_kwh = attribution.parts_kwh[_client_part(cid)]
+                compute_kg = kg_from_kwh(compute_kwh, host_g)
+                compute_kg_region = kg_from_kwh(compute_kwh, client_g)
+            round_comm_kwh.append(comm_kwh)
+            round_comm_kg.append(comm_kg)
+            self.client_rows.append(
+                {
+                    "round": server_round,
+                    "client_id": cid,
+                    "region": region,
+                    "link": link,
+                    "cpu_s": float(client_cpu_s.get(cid, 0.0)),
+                    "compute_kwh": compute_kwh,
+                    "compute_kg": compute_kg,
+                    "compute_kg_client_grid": compute_kg_region,
+                    "client_intensity_g_per_kwh": client_g,
+                    "bytes_down": int(down),
+                    "bytes_up": int(up),
+                    "comm_kwh": comm_kwh,
+                    "comm_kg": comm_kg,
+                }
+            )
+
+        row: dict[str, Any] = {
+            "round": server_round,
+            "sim_time_s": float(sim_time_s),
+            "measured": attribution is not None,
+            "host_region": self.host_region,
+            "host_intensity_g_per_kwh": host_g,
+            "duration_s": reading.duration_s if reading else None,
+            "host_kwh": reading.energy_kwh if reading else None,
+            "host_cpu_kwh": reading.cpu_kwh if reading else None,
+            "host_ram_kwh": reading.ram_kwh if reading else None,
+            "host_gpu_kwh": reading.gpu_kwh if reading else None,
+            "host_kg": reading.emissions_kg if reading else None,
+            "server_cpu_s": float(server_cpu_s),
+            "server_kwh": attribution.parts_kwh[_SERVER] if attribution else None,
+            "server_kg": (
+                kg_from_kwh(attribution.parts_kwh[_SERVER], host_g) if attribution else None
+            ),
+            "clients_compute_kwh": (
+                math.fsum(v for k, v in attribution.parts_kwh.items() if k != _SERVER)
+                if attribution
+                else None
+            ),
+            "residual_kwh": attribution.residual_kwh if attribution else None,
+            "residual_kg": kg_from_kwh(attribution.residual_kwh, host_g) if attribution else None,
+            "attribution_scale": attribution.scale if attribution else None,
+            "comm_kwh": math.fsum(round_comm_kwh),
+            "comm_kg": math.fsum(round_comm_kg),
+        }
+        self.round_rows.append(row)
+        return row
+
+    # -- totals --------------------------------------------------------------------
+
+    def totals_by_region(self) -> dict[str, dict[str, Any]]:
+        """Per client region: clients, bytes, compute and communication energy/emissions."""
+        out: dict[str, dict[str, Any]] = {}
+        for region in sorted(set(self.client_regions)):
+            rows = [r for r in self.client_rows if r["region"] == region]
+            measured = [r for r in rows if r["compute_kwh"] is not None]
+            out[region] = {
+                "clients": sum(1 for r in self.client_regions if r == region),
+                "intensity_g_per_kwh": carbon_intensity(region),
+                "cpu_s": math.fsum(r["cpu_s"] for r in rows),
+                "bytes_down": sum(r["bytes_down"] for r in rows),
+                "bytes_up": sum(r["bytes_up"] for r in rows),
+                "compute_kwh": math.fsum(r["compute_kwh"] for r in measured),
+                "compute_kg": math.fsum(r["compute_kg"] for r in measured),
+                "compute_kg_client_grid": math.fsum(r["compute_kg_client_grid"] for r in measured),
+                "comm_kwh": math.fsum(r["comm_kwh"] for r in rows),
+                "comm_kg": math.fsum(r["comm_kg"] for r in rows),
+            }
+        return out
+
+    def totals(self) -> dict[str, Any]:
+        """Run totals: host measurement, its split, communication, and per region."""
+        measured = [r for r in self.round_rows if r["measured"]]
+
+        def total(key: str, rows: list[dict[str, Any]]) -> float:
+            return math.fsum(r[key] for r in rows)
+
+        return {
+            "rounds": len(self.round_rows),
+            "rounds_measured": len(measured),
+            "host_region": self.host_region,
+            "host_kwh": total("host_kwh", measured),
+            "host_kg": total("host_kg", measured),
+            "server_kwh": total("server_kwh", measured),
+            "server_kg": total("server_kg", measured),
+            "clients_compute_kwh": total("clients_compute_kwh", measured),
+            "residual_kwh": total("residual_kwh", measured),
+            "residual_kg": total("residual_kg", measured),
+            "comm_kwh": total("comm_kwh", self.round_rows),
+            "comm_kg": total("comm_kg", self.round_rows),
+            "by_region": self.totals_by_region(),
+        }
+
+    # -- checkpointing -------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able state: configuration fingerprint plus all rows."""
+        return {
+            "version": _LEDGER_VERSION,
+            "client_regions": list(self.client_regions),
+            "client_links": list(self.client_links),
+            "host_region": self.host_region,
+            "network_kwh_per_gb": dict(self.network.kwh_per_gb),
+            "round_rows": [dict(r) for r in self.round_rows],
+            "client_rows": [dict(r) for r in self.client_rows],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore rows saved by :meth:`state_dict`.
+
+        Refuses a state from a differently configured run (regions, links, host region or
+        network model), since its rows would not add up with the new ones.
+        """
+        if state.get("version") != _LEDGER_VERSION:
+            raise ValueError(f"unsupported ledger state version {state.get('version')!r}")
+        mine = self.state_dict()
+        for key in ("client_regions", "client_links", "host_region", "network_kwh_per_gb"):
+            if state.get(key) != mine[key]:
+                raise ValueError(f"ledger state does not match this run's {key}")
+        self.round_rows = [dict(r) for r in state["round_rows"]]
+        self.client_rows = [dict(r) for r in state["client_rows"]]

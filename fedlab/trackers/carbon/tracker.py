@@ -1,0 +1,92 @@
+"""Carbon as a tracker: the host's measured energy per round, split among clients, plus the
+modelled energy of communication, at each region's intensity (docs/carbon.md).
+
+It is built before the engine starts so that CodeCarbon's measurement covers the whole run,
+start-up included; each round is one CodeCarbon task from the end of the previous round.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fedlab.trackers.base import LedgerTracker, Objective, RoundContext, RunContext
+
+if TYPE_CHECKING:
+    from fedlab.config.experiment import Experiment
+
+
+class CarbonTracker(LedgerTracker):
+    """Energy and emissions of the run (``carbon`` group); inactive with ``carbon=off``."""
+
+    name = "carbon"
+    round_columns = ("energy_kwh", "emissions_kg", "compute_kg", "communication_kg")
+    client_columns = ("region", "energy_kwh", "emissions_kg")
+    report_module = "fedlab.trackers.carbon.report"
+    objectives = (
+        Objective("energy_kwh", (("carbon", "energy_kwh"),), unit="kWh", header="kWh",
+                  measured=True),
+        Objective("emissions_kg", (("carbon", "emissions_kg"),), unit="kgCO2e",
+                  header="kgCO2e", front="carbon", axis="emissions (kgCO2e)", measured=True),
+        Objective("compute_kg", (("carbon", "compute_kg"),), unit="kgCO2e",
+                  header="compute kg", measured=True),
+        Objective("communication_kg", (("carbon", "communication_kg"),), unit="kgCO2e",
+                  header="comm kg"),
+    )
+
+    @classmethod
+    def check(cls, exp: Experiment) -> None:
+        from fedlab.trackers.carbon.checks import check_carbon
+        from fedlab.trackers.devices.profiles import client_links
+
+        cfg = exp.cfg
+        # carbon-aware selection reads the regions even when measurement is off
+        if cfg.carbon.enabled or cfg.strategy.selection == "carbon_aware":
+            device_links = None
+            if cfg.carbon.enabled and cfg.devices.enabled:  # carbon charges the devices' links
+                device_links = client_links(cfg.devices, cfg.num_clients, cfg.seed)
+            library = cfg.devices.profiles.links
+            check_carbon(
+                cfg.carbon, cfg.num_clients, cfg.seed, library=library, device_links=device_links
+            )
+
+    @classmethod
+    def build(cls, run: RunContext, **options: Any) -> CarbonTracker | None:
+        from fedlab.trackers.carbon.accounting import RunCarbon
+
+        exp = run.exp
+        if not exp.cfg.carbon.enabled:
+            return None
+        fleet = exp.fleet(run.fed)
+        carbon = RunCarbon(
+            exp.cfg.carbon,
+            run.run_dir,
+            exp.cfg.num_clients,
+            exp.cfg.seed,
+            links=None if fleet is None else [link.name for link in fleet.links],
+            library=exp.cfg.devices.profiles.links,
+        )
+        return cls(carbon)
+
+    @classmethod
+    def inactive_summary(cls, exp: Experiment) -> dict[str, Any]:
+        keys = ("energy_kwh", "emissions_kg", "compute_kg", "communication_kg", "server_kg")
+        return dict.fromkeys(keys)
+
+    def start_round(self, server_round: int) -> None:
+        self.ledger.start_round(server_round)
+
+    def end_round(self, ctx: RoundContext) -> dict[str, Any]:
+        r = ctx.server_round
+        columns, per_client = self.ledger.end_round(
+            r, ctx.tally.rows, ctx.clock.round_start_s(r)
+        )
+        for row in ctx.tally.rows:  # each client's share, on its first row
+            row.update(per_client.pop(row["client"], {}))
+        return columns
+
+    def final_fragment(self, section: Any) -> str | None:
+        return f"{section['energy_kwh']:.3g} kWh | {1000 * section['emissions_kg']:.3g} gCO2e"
+
+    def close(self) -> dict[str, Any]:
+        """Stop CodeCarbon: the final section covers the whole run, start-up included."""
+        return self.ledger.summary(self.ledger.stop())
