@@ -12,11 +12,46 @@ import numpy as np
 import pytest
 import yaml
 
+from fedlab.record.run_dir import (
+    CLIENT_COLUMNS,
+    ROUND_COLUMNS,
+    SCHEMA,
+    read_csv,
+    write_csv,
+    write_json,
+)
 from fedlab.reports.compare import compare, main, pareto_front
-from fedlab.record.run_dir import CLIENT_COLUMNS, ROUND_COLUMNS, SCHEMA, read_csv, write_csv, write_json
 
 CARBON_ROUND_COLUMNS = ["epsilon", "energy_kwh", "emissions_kg", "compute_kg", "communication_kg"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def carbon_section(
+    emissions: float | None, regions: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """``results.carbon`` as the carbon tracker writes it, for ``emissions`` kgCO2e at
+    50 gCO2e/kWh: the host's energy is 60% client compute, 5% server, 15% overhead; 20% is
+    the modelled communication (the parts add up to the totals, in kWh and in kg)."""
+    if emissions is None:  # carbon off: the tracker's inactive section
+        return dict.fromkeys(
+            ("energy_kwh", "emissions_kg", "compute_kg", "communication_kg", "server_kg")
+        )
+    shares = {"compute": 0.6, "server": 0.05, "overhead": 0.15, "communication": 0.2}
+    parts = {f"{k}_kg": emissions * share for k, share in shares.items()}
+    parts |= {f"{k}_kwh": emissions * share / 0.05 for k, share in shares.items()}
+    return {
+        "energy_kwh": emissions / 0.05,
+        "emissions_kg": emissions,
+        "host_kwh": emissions * 0.8 / 0.05,
+        "host_kg": emissions * 0.8,
+        **parts,
+        "country": "FRA",
+        "intensity_g_per_kwh": 50.0,
+        "intensity_source": "CodeCarbon global_energy_mix.json",
+        "power_model": "CodeCarbon cpu_load: CPU 8 W at full load over 4 threads",
+        "estimated": True,
+        "regions": regions,
+    }
 
 
 def write_run(
@@ -127,19 +162,7 @@ def write_run(
             "max_grad_norm": 1.0 if epsilon is not None else None,
             "guarantee": None,
         },
-        "carbon": {
-            "energy_kwh": emissions * 20 if carbon_on else None,
-            "emissions_kg": emissions,
-            "compute_kg": emissions * 0.75 if carbon_on else None,
-            "communication_kg": emissions * 0.2 if carbon_on else None,
-            "server_kg": emissions * 0.05 if carbon_on else None,
-            "residual_kwh": 0.001 if carbon_on else None,
-            "country": "FRA" if carbon_on else None,
-            "intensity_g_per_kwh": 50.0 if carbon_on else None,
-            "intensity_source": "CodeCarbon global_energy_mix.json" if carbon_on else None,
-            "power_model": "cpu_load: CodeCarbon TDP estimate 8 W" if carbon_on else None,
-            "regions": regions,
-        },
+        "carbon": carbon_section(emissions, regions),
         "communication": {"bytes_down": 3_000_000, "bytes_up": 1_500_000},
         "versions": {"fedlab": "0.1.0", "flwr": "1.42.0"},
     }
@@ -165,7 +188,7 @@ def write_run(
             }
         )
     extra = CARBON_ROUND_COLUMNS if carbon_on or epsilon is not None else []
-    write_csv(run_dir / "rounds.csv", rounds, ROUND_COLUMNS + extra)
+    write_csv(run_dir / "rounds.csv", rounds, [*ROUND_COLUMNS, *extra])
     clients = [
         {
             "round": r,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -9,7 +10,9 @@ import numpy as np
 import pytest
 from test_compare import write_run
 
-from fedlab.reports.model_card import client_fairness, privacy_statement, write_model_card
+from fedlab.record.run_dir import write_json
+from fedlab.reports.model_card import client_fairness, write_model_card
+from fedlab.trackers.privacy.report import privacy_statement
 
 #: Round 2 is the last round with client evaluations (round 3 has none), so it is the one
 #: the card must use; round 1's numbers must not leak in.
@@ -83,11 +86,21 @@ def test_full_card_from_the_record(tmp_path: Path) -> None:
     assert "Noise multiplier 1.1, clipping norm 1" in privacy
 
     carbon = _section(card, "Carbon footprint")
-    assert "| 0.04 kWh | 0.002 kgCO2e | 0.0015 kg | 0.0004 kg | 0.0001 kg | 0.001 kWh |" in carbon
+    assert "| part | energy (kWh) | emissions (kgCO2e) |" in carbon
+    # the record's parts (tests/test_compare.carbon_section): 60/5/15/20% of 0.002 kg
+    assert "| client compute (on the host) | 0.024 | 0.0012 |" in carbon
+    assert "| server | 0.002 | 0.0001 |" in carbon
+    assert "| host overhead (idle capacity, Ray, start-up) | 0.006 | 0.0003 |" in carbon
+    assert "| communication (modelled) | 0.008 | 0.0004 |" in carbon
+    assert "| **total** | 0.04 | 0.002 |" in carbon
+    assert "n/a" not in carbon
     assert "estimated by CodeCarbon's power model" in carbon
     assert "FRA at 50 gCO2e/kWh" in carbon
     assert "Communication is modelled, not measured" in carbon
     assert "3000000 bytes down and 1500000 bytes up" in carbon
+    assert "| client region | clients | compute kgCO2e | communication kgCO2e | total kgCO2e |" in (
+        carbon
+    )
     assert "| POL | 1 | 0.0009 | 0.0004 | 0.0013 |" in carbon
 
     assert "`fedlab-run strategy=fedprox seed=7 client.lr=0.1`" in _section(card, "Reproduce")
@@ -160,3 +173,85 @@ def test_card_is_rewritten_in_place(tmp_path: Path) -> None:
     write_model_card(run)
     assert _card(run / "model_card.md").startswith("# Model card: run")
     assert [p.name for p in run.iterdir() if p.name.startswith(".")] == []  # no temp left
+
+
+def _carbon_table(carbon: str) -> dict[str, tuple[str, str]]:
+    """The card's carbon table as part -> (kWh cell, kgCO2e cell)."""
+    rows = [line.split(" | ") for line in carbon.splitlines() if line.startswith("| ")]
+    head = rows.index(["| part", "energy (kWh)", "emissions (kgCO2e) |"])
+    return {r[0][2:]: (r[1], r[2].removesuffix(" |")) for r in rows[head + 2 :] if len(r) == 3}
+
+
+def _half_unit(text: str) -> float:
+    """Half a unit in the last printed digit of a 3-significant-digit number: the most that
+    printing it can have rounded away."""
+    value = abs(float(text))
+    return 0.0 if value == 0 else 0.5 * 10 ** (math.floor(math.log10(value)) - 2)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_carbon_parts_on_the_card_add_up_to_the_total(tmp_path: Path, seed: int) -> None:
+    """Compute + server + overhead + communication = total, in kWh and in kgCO2e, as printed
+    (within rounding), for records with awkward numbers."""
+    rng = np.random.default_rng(seed)
+    run = write_run(tmp_path / "run", emissions=0.001)
+    results = json.loads((run / "results.json").read_text())
+    carbon = results["carbon"]
+    for unit, scale in (("kwh", 1e-2), ("kg", 1e-3)):
+        parts = dict(
+            zip(
+                ("compute", "server", "overhead", "communication"),
+                rng.uniform(0, scale, 4),
+                strict=True,
+            )
+        )
+        carbon |= {f"{name}_{unit}": value for name, value in parts.items()}
+        carbon["energy_kwh" if unit == "kwh" else "emissions_kg"] = math.fsum(parts.values())
+    write_json(run / "results.json", results)
+    table = _carbon_table(_section(_card(write_model_card(run)), "Carbon footprint"))
+    assert list(table) == [
+        "client compute (on the host)",
+        "server",
+        "host overhead (idle capacity, Ray, start-up)",
+        "communication (modelled)",
+        "**total**",
+    ]
+    total = table.pop("**total**")
+    for column in (0, 1):
+        cells = [cells[column] for cells in table.values()]
+        slack = sum(_half_unit(c) for c in cells) + _half_unit(total[column])
+        assert math.fsum(float(c) for c in cells) == pytest.approx(float(total[column]), abs=slack)
+
+
+def test_carbon_measured_or_estimated_follows_the_record_flag(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "run", emissions=0.001)
+    results = json.loads((run / "results.json").read_text())
+    results["carbon"]["power_model"] = "CodeCarbon cpu_load: ... (no rapl in this text)"
+    for estimated, expected in (
+        (False, "measured by a hardware energy counter"),
+        (True, "estimated by CodeCarbon's power model"),
+        (None, "estimated by CodeCarbon's power model"),  # not recorded: claim no measurement
+    ):
+        results["carbon"]["estimated"] = estimated
+        write_json(run / "results.json", results)
+        assert f"Host energy {expected}" in _card(write_model_card(run))
+
+
+def test_tracker_sections_follow_the_record(tmp_path: Path) -> None:
+    """The record's trackers write their sections, in its order; a record without a devices
+    section has no devices section, and one naming no trackers has none at all."""
+    run = write_run(tmp_path / "run")
+    titles = [line for line in _card(write_model_card(run)).splitlines() if line.startswith("## ")]
+    assert titles[-3:] == ["## Privacy", "## Carbon footprint", "## Reproduce"]
+    results = json.loads((run / "results.json").read_text())
+    results["trackers"] = {
+        "carbon": "fedlab.trackers.carbon.tracker.CarbonTracker",
+        "privacy": "fedlab.trackers.privacy.tracker.PrivacyTracker",
+    }
+    write_json(run / "results.json", results)
+    titles = [line for line in _card(write_model_card(run)).splitlines() if line.startswith("## ")]
+    assert titles[-3:] == ["## Carbon footprint", "## Privacy", "## Reproduce"]
+    results["trackers"] = {}
+    write_json(run / "results.json", results)
+    card = _card(write_model_card(run))
+    assert "## Privacy" not in card and "## Carbon footprint" not in card

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fedlab.reports.compare import load_runs, number
+from fedlab.record.reader import load_runs, number
 
 
 def to_target(rounds: list[dict[str, str]], target: float) -> tuple[float, float, float] | None:

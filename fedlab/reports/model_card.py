@@ -6,6 +6,10 @@ and how well, and what it cost. Here every statement is derived from the run rec
 objects, so a card can be (re)written for any run, finished or not, on any machine, and it
 cannot claim more than the record holds: a privacy guarantee appears only with the ε and δ
 that the accountant recorded, carbon only if it was tracked.
+
+The generic sections are written here; every tracker of the run adds its own
+(:meth:`~fedlab.trackers.base.Tracker.card_section`, in the record's tracker order), so a
+user's tracker gets a section on the card without an edit here.
 """
 
 from __future__ import annotations
@@ -16,10 +20,9 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from fedlab.reports.compare import Run, cell, load_run, number
-from fedlab.record.run_dir import read_csv, write_text
+from fedlab.record.reader import Run, cell, load_run, number, shown
+from fedlab.record.run_dir import write_text
 
 CARD = "model_card.md"
 
@@ -30,8 +33,6 @@ WORST_SHARE = 0.10
 def write_model_card(run_dir: Path) -> Path:
     """Write ``model_card.md`` into ``run_dir`` from its record; returns its path."""
     run = load_run(run_dir)
-    clients_path = run_dir / "clients.csv"
-    clients = read_csv(clients_path) if clients_path.is_file() else []
     sections = [
         _header(run),
         _intended_use(run),
@@ -39,11 +40,9 @@ def write_model_card(run_dir: Path) -> Path:
         _model(run),
         _training(run),
         _metrics(run),
-        _fairness(clients),
+        _fairness(run.clients),
         _robustness(run),
-        _privacy(run.results.get("privacy") or {}),
-        _carbon(run.results.get("carbon") or {}, run.results.get("communication") or {}),
-        *([_devices(run.results["devices"])] if run.results.get("devices") else []),
+        *tracker_sections(run),
         _reproduce(run),
     ]
     path = run_dir / CARD
@@ -51,21 +50,15 @@ def write_model_card(run_dir: Path) -> Path:
     return path
 
 
+def tracker_sections(run: Run) -> list[str]:
+    """The sections of the run's trackers, in the record's order; a tracker with nothing to
+    say about this run returns None and is left out."""
+    return [text for cls in run.trackers if (text := cls.card_section(run))]
+
+
 # --------------------------------------------------------------------------------------
 # Formatting
 # --------------------------------------------------------------------------------------
-
-
-def _num(value: Any, spec: str = ".4f") -> str:
-    """A number for the card, or "n/a" when the record has none."""
-    v = number(value)
-    return "n/a" if v is None else format(v, spec)
-
-
-def _sci(value: float) -> str:
-    """``1e-05`` as ``1e-5``: how δ is written in papers."""
-    mantissa, _, exponent = f"{value:.2g}".partition("e")
-    return f"{mantissa}e{int(exponent)}" if exponent else mantissa
 
 
 def _settings(run: Run, prefix: str, skip: Sequence[str] = ()) -> str:
@@ -180,13 +173,13 @@ def _metrics(run: Run) -> str:
             "",
             "| evaluation | accuracy | loss |",
             "| --- | ---: | ---: |",
-            f"| centralized (server's test split) | {_num(r.get('accuracy'))} | "
-            f"{_num(r.get('loss'))} |",
+            f"| centralized (server's test split) | {shown(r.get('accuracy'))} | "
+            f"{shown(r.get('loss'))} |",
             f"| federated (clients' local test splits, weighted by examples) | "
-            f"{_num(r.get('federated_accuracy'))} | {_num(r.get('federated_loss'))} |",
+            f"{shown(r.get('federated_accuracy'))} | {shown(r.get('federated_loss'))} |",
             "",
             f"After {r.get('rounds_completed', 'n/a')} of {r.get('num_rounds', 'n/a')} rounds, "
-            f"in {_num(r.get('duration_s'), '.1f')} s.",
+            f"in {shown(r.get('duration_s'), '.1f')} s.",
         ]
     )
 
@@ -278,140 +271,6 @@ def _robustness(run: Run) -> str:
             "whether a straggler's partial work was aggregated or dropped).",
         ]
     )
-
-
-def privacy_statement(privacy: dict[str, Any]) -> str:
-    """The run's privacy guarantee in plain words, from the accountant's record only."""
-    mode = privacy.get("mode") or "none"
-    if mode == "none":
-        return (
-            "No formal privacy guarantee: training did not use differential privacy. "
-            "Raw data stayed on the clients, but model updates can still reveal information "
-            "about it."
-        )
-    epsilon, delta = number(privacy.get("epsilon")), number(privacy.get("delta"))
-    if epsilon is None or delta is None:
-        return (
-            f"Differential privacy was configured ({mode}) but the record holds no ε and δ, "
-            "so no guarantee can be stated."
-        )
-    unit = privacy.get("unit")
-    whom = {
-        "record": "record-level DP for each client's examples",
-        "user": "user-level DP for each client's whole data set",
-    }.get(str(unit), f"{unit}-level DP")
-    accountant = privacy.get("accountant")
-    via = f", {str(accountant).upper()} accountant" if accountant else ""
-    return f"(ε={epsilon:.3g}, δ={_sci(delta)}) {whom}{via}."
-
-
-def _privacy(privacy: dict[str, Any]) -> str:
-    lines = ["## Privacy", "", privacy_statement(privacy)]
-    if (privacy.get("mode") or "none") != "none":
-        guarantee = privacy.get("guarantee")
-        lines += [
-            "",
-            f"- Mode: {privacy.get('mode')} (unit: {privacy.get('unit') or 'n/a'})",
-            f"- Noise multiplier {_num(privacy.get('noise_multiplier'), '.3g')}, clipping norm "
-            f"{_num(privacy.get('max_grad_norm'), '.3g')}",
-        ]
-        lines += [f"- As the run states it: {guarantee}"] if guarantee else []
-    return "\n".join(lines)
-
-
-def _measured(power_model: str | None) -> bool:
-    """Whether CodeCarbon read a hardware energy counter, as named in its power model.
-
-    Without one (the usual case on cloud VMs) CodeCarbon *estimates* CPU power from load
-    and RAM power from installed memory (docs/carbon.md), and the card must say so.
-    """
-    text = (power_model or "").lower()
-    return any(meter in text for meter in ("rapl", "powermetrics", "power_gadget"))
-
-
-def _carbon(carbon: dict[str, Any], communication: dict[str, Any]) -> str:
-    head = ["## Carbon footprint", ""]
-    if number(carbon.get("emissions_kg")) is None:
-        return "\n".join(
-            [
-                *head,
-                "Not tracked: the run was made with carbon tracking off, so the record "
-                "holds no energy or emissions figures.",
-            ]
-        )
-    power_model = carbon.get("power_model")
-    how = (
-        "measured by a hardware energy counter"
-        if _measured(power_model)
-        else "estimated by CodeCarbon's power model (no hardware energy counter was read)"
-    )
-    down, up = number(communication.get("bytes_down")), number(communication.get("bytes_up"))
-    lines = [
-        *head,
-        "| energy | emissions | compute | communication | server | idle/overhead energy |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: |",
-        f"| {_num(carbon.get('energy_kwh'), '.3g')} kWh "
-        f"| {_num(carbon.get('emissions_kg'), '.3g')} kgCO2e "
-        f"| {_num(carbon.get('compute_kg'), '.3g')} kg "
-        f"| {_num(carbon.get('communication_kg'), '.3g')} kg "
-        f"| {_num(carbon.get('server_kg'), '.3g')} kg "
-        f"| {_num(carbon.get('residual_kwh'), '.3g')} kWh |",
-        "",
-        "Assumptions:",
-        "",
-        f"- Host energy {how}; power model: {power_model or 'not recorded'}.",
-        f"- Host grid: {carbon.get('country') or 'n/a'} at "
-        f"{_num(carbon.get('intensity_g_per_kwh'), '.0f')} gCO2e/kWh "
-        f"({carbon.get('intensity_source') or 'source not recorded'}); client compute is "
-        "charged at the host's intensity, where the electricity was drawn.",
-        "- Communication is modelled, not measured: bytes moved x a per-link kWh/GB "
-        "(attributional, docs/carbon.md), at each client's region intensity; "
-        f"{_num(down, '.0f')} bytes down and {_num(up, '.0f')} bytes up.",
-        "- All clients ran on one host: per-client compute is that host's energy shared by "
-        "CPU time, not a measurement of client devices.",
-    ]
-    regions = carbon.get("regions") or {}
-    if regions:
-        lines += [
-            "",
-            "| client region | clients | compute kg | communication kg | total kg |",
-            "| --- | ---: | ---: | ---: | ---: |",
-        ]
-        lines += [
-            f"| {name} | {r.get('clients', 'n/a')} | {_num(r.get('compute_kg'), '.3g')} | "
-            f"{_num(r.get('communication_kg'), '.3g')} | {_num(r.get('emissions_kg'), '.3g')} |"
-            for name, r in sorted(regions.items())
-        ]
-    return "\n".join(lines)
-
-
-def _devices(devices: dict[str, Any]) -> str:
-    """The simulated edge devices: what the same training would cost on them (a model)."""
-    lines = [
-        "## Simulated edge devices",
-        "",
-        f"Modelled, not measured (docs/devices.md): on its devices this training would take "
-        f"{_num(devices.get('sim_time_s'), '.3g')} s of simulated time and "
-        f"{_num(devices.get('edge_kwh'), '.3g')} kWh ({_num(devices.get('edge_kg'), '.3g')} "
-        f"kgCO2e at the clients' grids); {devices.get('clients_missed_deadline', 0)} "
-        "client-rounds missed the deadline.",
-        "",
-        "| device | clients | GFLOP | compute s | transfer s | kWh | kgCO2e |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for name, d in sorted((devices.get("by_device") or {}).items()):
-        lines.append(
-            f"| {name} | {d.get('clients', 'n/a')} | {_num(d.get('flops', 0) / 1e9, '.3g')} "
-            f"| {_num(d.get('compute_s'), '.3g')} | {_num(d.get('transfer_s'), '.3g')} "
-            f"| {_num(d.get('kwh'), '.3g')} | {_num(d.get('kg'), '.3g')} |"
-        )
-    sources = devices.get("profiles") or {}
-    if sources:
-        lines += [
-            "",
-            "Profiles: " + "; ".join(f"{k}: {v.get('source')}" for k, v in sources.items()),
-        ]
-    return "\n".join(lines)
 
 
 def _reproduce(run: Run) -> str:
