@@ -1,15 +1,17 @@
 """``fedlab-quantum`` end to end: records checked against exact answers, and refused input.
 
 The console script itself runs as ``python -m sandbox_quantum.cli`` (works before and after it
-is installed as ``fedlab-quantum``) for one run and the two kinds of bad input (a Hydra
-composition error and a refused value). Each process spends ~4 s importing Qiskit and torch,
-so those three start together; the other cases call :func:`run_quantum` in-process on a config
-from Hydra's compose API, which is what the console script does after composing.
+is installed as ``fedlab-quantum``) for one run and the kinds of bad input (a Hydra composition
+error, a refused value, a carbon key a single host has no use for). Each process spends ~4 s
+importing Qiskit and torch, so those start together; the other cases call :func:`run_quantum`
+in-process on a config from Hydra's compose API, which is what the console script does after
+composing.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import subprocess
@@ -26,8 +28,9 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
 from fedlab.config.schema import ConfigError
-from fedlab.run import RunFailed
-from sandbox_quantum.cli import Grover, load_experiment, register_configs, run_quantum
+from fedlab.record.lifecycle import RunFailed
+from sandbox_quantum.cli import load_experiment, register_configs, run_quantum
+from sandbox_quantum.experiments import EXPERIMENTS, Grover, Resources, experiment_name
 
 H2_EXACT = -1.857275  # Ha, electronic, 0.735 A (Qiskit algorithms tutorial)
 GROVER_3Q = math.sin(5 * math.asin(1 / math.sqrt(8))) ** 2  # 2 iterations: 0.9453
@@ -40,6 +43,7 @@ PROCESSES: dict[str, list[str]] = {
     "grover": ["experiment=grover", "experiment.marked=[101]"],
     "unknown_experiment": ["experiment=shor"],
     "zero_shots": ["experiment=grover", "experiment.shots=0"],
+    "carbon_regions": ["experiment=grover", "carbon.regions=NOR"],
 }
 
 
@@ -111,7 +115,7 @@ def _check_record(run_dir: Path, experiment: str, figure: str) -> dict:
     )
     assert results["duration_s"] > 0 and results["finished_at"] >= results["started_at"]
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert config["experiment"]["_target_"].startswith("sandbox_quantum.cli.")
+    assert config["experiment"]["_target_"].startswith("sandbox_quantum.experiments.")
     assert (run_dir / figure).read_bytes()[:8] == PNG_MAGIC
     return results
 
@@ -138,7 +142,7 @@ def test_console_script_grover_matches_theory(launched: dict[str, Launched]) -> 
     assert resources["qubits"] == 3
     assert resources["couplings"]["all_to_all"]["swaps_inserted"] == 0
     assert resources["couplings"]["all_to_all"]["two_qubit_gates"] > 0
-    _check_carbon(results["carbon"], "FRA")
+    _check_carbon(results["carbon"], "DEU")  # fedlab's default country
     assert (run.run_dir / "emissions.csv").is_file()
     assert "completed" in out and "completed" in (run.run_dir / "run.log").read_text()
 
@@ -152,6 +156,7 @@ def test_console_script_grover_matches_theory(launched: dict[str, Launched]) -> 
             "qsvc_iris, resources, vqe_h2, vqe_ising",
         ),
         ("zero_shots", "experiment.shots: must be >= 1, got 0"),
+        ("carbon_regions", "carbon.regions: not used by fedlab-quantum (one host)"),
     ],
 )
 def test_console_script_bad_input_is_one_line_and_exit_2(
@@ -169,8 +174,8 @@ def test_console_script_bad_input_is_one_line_and_exit_2(
 def test_vqe_h2_within_a_millihartree(
     compose_quantum: Callable[..., DictConfig], tmp_path: Path
 ) -> None:
-    cfg = compose_quantum("experiment=vqe_h2", "carbon.country=DEU")
-    returned = run_quantum(cfg, tmp_path / "run", "vqe_h2")
+    cfg = compose_quantum("experiment=vqe_h2", "carbon.country=FRA")
+    returned = run_quantum(cfg, tmp_path / "run")
     results = _check_record(tmp_path / "run", "vqe_h2", "spectrum.png")
     assert json.loads(json.dumps(returned)) == results  # tuples become lists in JSON
     result = results["result"]
@@ -178,14 +183,14 @@ def test_vqe_h2_within_a_millihartree(
     assert abs(result["energy"] - H2_EXACT) < 1e-3
     assert result["error"] >= -1e-9  # variational
     assert results["resources"]["qubits"] == 2
-    _check_carbon(results["carbon"], "DEU")
+    _check_carbon(results["carbon"], "FRA")
 
 
 def test_resources_routing_costs_without_carbon(
     compose_quantum: Callable[..., DictConfig], tmp_path: Path
 ) -> None:
     cfg = compose_quantum("experiment=resources", "carbon.enabled=false")
-    run_quantum(cfg, tmp_path, "resources")
+    run_quantum(cfg, tmp_path)
     results = _check_record(tmp_path, "resources", "resources.png")
     reports = {r["coupling"]: r for r in results["result"]["reports"]}
     assert set(reports) == {"line", "heavy_hex", "all_to_all"}
@@ -210,6 +215,13 @@ def test_resources_routing_costs_without_carbon(
     [
         (["experiment=qaoa_maxcut", "experiment.primitive=gpu"], "experiment.primitive: must be"),
         (["carbon.country=ATLANTIS"], "carbon.country: unknown country code 'ATLANTIS'"),
+        (["carbon.pue=0.5"], "carbon.pue: must be >= 1, got 0.5"),
+        (["carbon.force_cpu_power=0"], "carbon.force_cpu_power: must be > 0 watts or null"),
+        (["carbon.links=wifi"], "carbon.links: not used by fedlab-quantum (one host)"),
+        (
+            ["carbon.hours_per_round=2"],
+            "carbon.hours_per_round: not used by fedlab-quantum (one host)",
+        ),
         (["experiment.noise={p2: 0.02}"], "experiment.noise: a noise model needs"),
         (["experiment.marked=[1012]"], "experiment.marked: need bitstrings"),
         (["experiment=vqe_h2", "experiment.method=newton"], "experiment.method: must be one of"),
@@ -232,7 +244,7 @@ def test_a_used_run_dir_is_refused_untouched(
     record = tmp_path / "results.json"
     record.write_text('{"status": "failed"}\n')
     with pytest.raises(ConfigError, match=r"hydra.run.dir: .* \(status: failed\)"):
-        run_quantum(compose_quantum(), tmp_path, "grover")
+        run_quantum(compose_quantum(), tmp_path)
     assert record.read_text() == '{"status": "failed"}\n'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
 
@@ -245,8 +257,63 @@ def test_a_failing_run_is_recorded_as_failed(
 
     monkeypatch.setattr(Grover, "run", broken)
     with pytest.raises(RunFailed, match="RuntimeError: its state"):
-        run_quantum(compose_quantum(), tmp_path, "grover")
+        run_quantum(compose_quantum(), tmp_path)
     results = json.loads((tmp_path / "results.json").read_text())
     assert (results["status"], results["error"]) == ("failed", "RuntimeError: its state")
     assert results["result"] is None and results["finished_at"] is not None
     assert results["carbon"]["energy_kwh"] > 0  # the tracker was stopped and read anyway
+
+
+def test_every_experiment_option_names_its_registered_class(
+    compose_quantum: Callable[..., DictConfig],
+) -> None:
+    conf = files("sandbox_quantum.conf").joinpath("experiment")
+    targets = {
+        p.name.removesuffix(".yaml"): yaml.safe_load(p.read_text())["_target_"]
+        for p in conf.iterdir()
+        if p.name.endswith(".yaml")
+    }
+    assert targets == {name: f"{c.__module__}.{c.__qualname__}" for name, c in EXPERIMENTS.items()}
+    for name in EXPERIMENTS:
+        experiment, _ = load_experiment(compose_quantum(f"experiment={name}"))
+        assert experiment_name(experiment) == name  # the record's "experiment"
+
+
+def test_rerunning_a_completed_config_skips_it(
+    compose_quantum: Callable[..., DictConfig], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    overrides = ("experiment=resources", "carbon.enabled=false")
+    first = run_quantum(compose_quantum(*overrides), tmp_path)
+    record = (tmp_path / "results.json").read_text()
+    with caplog.at_level(logging.INFO, logger="fedlab.quantum"):
+        again = run_quantum(compose_quantum(*overrides), tmp_path)
+    assert again == json.loads(record) == json.loads(json.dumps(first))
+    assert (tmp_path / "results.json").read_text() == record  # not run, not rewritten
+    assert f"fedlab-quantum: skipped: {tmp_path} already holds this run" in caplog.text
+    assert not (tmp_path / "attempts").exists()
+    # Another configuration in the same directory is refused, the record left as it was.
+    with pytest.raises(
+        ConfigError, match=r"hydra.run.dir: .* another run's record \(status: completed\)"
+    ):
+        run_quantum(compose_quantum(*overrides, "experiment.reps=3"), tmp_path)
+    assert (tmp_path / "results.json").read_text() == record
+
+
+def test_an_unfinished_attempt_is_moved_aside_and_run_again(
+    compose_quantum: Callable[..., DictConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: Resources) -> None:
+        raise RuntimeError("transpiler crashed")
+
+    overrides = ("experiment=resources", "carbon.enabled=false")
+    monkeypatch.setattr(Resources, "run", broken)
+    with pytest.raises(RunFailed, match="RuntimeError: transpiler crashed"):
+        run_quantum(compose_quantum(*overrides), tmp_path)
+    monkeypatch.undo()
+    results = run_quantum(compose_quantum(*overrides), tmp_path)
+    assert results["status"] == "completed" and results["result"]["circuit"]
+    attempt = tmp_path / "attempts" / "1"
+    failed = json.loads((attempt / "results.json").read_text())
+    assert (failed["status"], failed["error"]) == ("failed", "RuntimeError: transpiler crashed")
+    assert (attempt / "config.yaml").read_text() == (tmp_path / "config.yaml").read_text()
+    assert (tmp_path / "resources.png").read_bytes()[:8] == PNG_MAGIC
