@@ -36,11 +36,11 @@ import psutil
 import torch
 from hydra import compose, initialize_config_module
 
-from fedlab.config.schema import register_configs
 from fedlab.config.experiment import Experiment
+from fedlab.config.schema import register_configs
 from fedlab.fl.model import build_model
-from fedlab.record.run_dir import read_csv
 from fedlab.fl.training import evaluate, make_optimizer, seed_for, train
+from fedlab.record.run_dir import read_csv
 
 EXE = Path(sys.executable).parent / "fedlab-run"
 

@@ -4,6 +4,32 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+SEPARATOR = " | "
+
+
+def line(parts: Iterable[str | None]) -> str:
+    """fedlab's console line: its parts joined by `` | `` (empty parts left out). Every line a
+    run prints (the first, each round's, the last) is built here."""
+    return SEPARATOR.join(part for part in parts if part)
+
+
+def round_line(row: Mapping[str, Any], num_rounds: int, parts: Iterable[str | None]) -> str:
+    """A round's progress line from its ``rounds.csv`` row; ``parts``: who trained, then each
+    tracker's fragment. The time is since the run's first round began (cumulative)."""
+    fed = row["federated_accuracy"]
+    return line(
+        [
+            f"round {row['round']:3d}/{num_rounds}",
+            f"acc {row['central_accuracy']:.4f}",
+            f"loss {row['central_loss']:.4f}",
+            f"fed acc {'  -   ' if fed is None else f'{fed:.4f}'}",
+            *parts,
+            f"{row['elapsed_s']:.1f} s",
+        ]
+    )
 
 
 def setup_logging() -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
-import time
 from collections.abc import Callable
 from logging import getLogger
 from pathlib import Path
@@ -12,21 +10,22 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from fedlab.fl.client_app import ClientSpec
-from fedlab.config.schema import ConfigError
 from fedlab.config.experiment import Experiment
-from fedlab.record.run_dir import RESULTS, RunRecord, existing_status
+from fedlab.config.schema import ConfigError
+from fedlab.console import line
+from fedlab.fl.client_app import ClientSpec
+from fedlab.record.lifecycle import RunFailed, claim, supervise
+from fedlab.record.run_dir import CLIENT_COLUMNS, ROUND_COLUMNS, RunRecord, existing_status
+from fedlab.trackers.base import RunContext
+from fedlab.trackers.registry import Trackers, columns, described, tracker_specs
 
 log = getLogger("fedlab")
 
+__all__ = ["RunFailed", "resume_experiment", "run_experiment", "simulation_engine"]
 
-class RunFailed(RuntimeError):
-    """The run started but did not complete; its record says ``failed`` and why."""
-
-
-# Runs the federation once the record is open: (exp, fed, record, carbon, saved checkpoint).
-# The default simulates on Ray; fedlab.engines.deployment passes one that runs on a Flower Grid.
-Engine = Callable[[Experiment, Any, RunRecord, Any, Any], None]
+# Runs the federation once the record is open: (exp, fed, record, trackers, saved checkpoint).
+# The default simulates; fedlab.engines.deployment passes one that runs on a Flower Grid.
+Engine = Callable[[Experiment, Any, RunRecord, Trackers, Any], None]
 
 
 def _versions() -> dict[str, str]:
@@ -35,42 +34,12 @@ def _versions() -> dict[str, str]:
     return {pkg: version(pkg) for pkg in ("fedlab", "flwr", "torch", "numpy", "hydra-core")}
 
 
-def error_line(err: BaseException) -> str:
-    """An exception as one line for the record and the console (type and last line)."""
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[-1] if text else ''}"[:500]
-
-
-def _reuse(run_dir: Path, config_yaml: str) -> dict | None:
-    """What to do with a run directory that already holds a record.
-
-    The same configuration, completed: return its results (a rerun sweep skips it). The same
-    configuration, not completed (failed, interrupted, killed): move that attempt aside into
-    ``attempts/<n>/`` and run again. Another configuration: refuse, since a record is never
-    overwritten.
-    """
-    status = existing_status(run_dir)
-    if status is None:
-        return None
-    config = run_dir / "config.yaml"
-    if not config.exists() or config.read_text() != config_yaml:
-        raise ConfigError(
-            "hydra.run.dir",
-            f"{run_dir} already holds another run's record (status: {status}); "
-            "choose a new directory",
-        )
-    if status == "completed":
-        return json.loads((run_dir / RESULTS).read_text())
-    attempts = run_dir / "attempts"
-    attempt = attempts / str(len(list(attempts.glob("*"))) + 1 if attempts.exists() else 1)
-    attempt.mkdir(parents=True)
-    for path in run_dir.iterdir():
-        if path.name != "attempts":
-            path.rename(attempt / path.name)
-    log.warning(
-        "fedlab: %s held an unfinished attempt (status: %s); moved to %s", run_dir, status, attempt
+def open_record(exp: Experiment, run_dir: Path) -> RunRecord:
+    """A record whose columns are the base ones plus every configured tracker's."""
+    specs = tracker_specs(exp.cfg.trackers)
+    return RunRecord(
+        run_dir, columns(ROUND_COLUMNS, specs, "round"), columns(CLIENT_COLUMNS, specs, "client")
     )
-    return None
 
 
 def run_experiment(
@@ -87,25 +56,26 @@ def run_experiment(
     unusable, :class:`RunFailed` (record status ``failed``) if the run breaks, and lets
     ``KeyboardInterrupt`` through after marking the record ``interrupted``.
     """
-    from fedlab.fl.model import build_model
     from fedlab.data.partition import plot_label_distribution
+    from fedlab.fl.model import build_model
 
     if raw.get("resume"):
         return resume_experiment(Path(raw.resume), engine)
     exp = Experiment.from_config(raw)
     config_yaml = OmegaConf.to_yaml(raw, resolve=True)
-    finished = _reuse(run_dir, config_yaml)
+    finished = claim(run_dir, config_yaml)
     if finished is not None:
         log.info("fedlab: skipped: %s already holds this run, completed", run_dir)
         return finished
-    fed, privacy_warnings = exp.prepare()
+    fed, warnings = exp.prepare()
     try:
         build_model(exp.cfg.model, fed.input_shape, fed.num_classes)
     except Exception as err:  # the model's constructor is the check of its settings
         cause = err.__cause__ or err  # Hydra wraps it in an InstantiationException
         raise ConfigError("model", str(cause).strip().splitlines()[0]) from None
 
-    record = RunRecord(run_dir)
+    record = open_record(exp, run_dir)
+    specs = tracker_specs(exp.cfg.trackers)
     record.start(
         config_yaml,
         {
@@ -119,40 +89,23 @@ def run_experiment(
             "federated_loss": None,
             "experiment": exp.describe(),
             "overrides": list(overrides or []),
-            # Filled in after every round; until then, what was asked for.
-            "privacy": {
-                "mode": exp.cfg.privacy.mode,
-                "unit": {"local": "record", "central": "user"}.get(exp.cfg.privacy.mode),
-                "epsilon": None,
-                "delta": exp.cfg.privacy.delta if exp.cfg.privacy.mode != "none" else None,
-                "accountant": None,
-            },
-            "carbon": {
-                "energy_kwh": None,
-                "emissions_kg": None,
-                "compute_kg": None,
-                "communication_kg": None,
-                "server_kg": None,
-            },
             "communication": {"bytes_down": 0, "bytes_up": 0},
-            # Simulated edge devices (devices group): filled in after every round, or null.
-            "devices": None,
+            # Every configured tracker's section (filled in after every round; what an
+            # inactive tracker records, such as null, until the trackers are built) and the
+            # class of each, so reports can find them again.
+            **{s.name: s.cls.inactive_summary(exp) for s in specs},
+            "trackers": described(specs),
             "versions": _versions(),
         },
     )
     plot_label_distribution(fed, run_dir / "partition.png")
-    for warning in privacy_warnings:
+    for warning in warnings:
         log.warning("fedlab: warning: %s", warning)
-    log.info(
-        "fedlab: %s | %s on %s, %d clients (%d per round), %d rounds -> %s",
-        exp.cfg.strategy.name,
-        exp.describe()["model"],
-        fed.name,
-        exp.cfg.num_clients,
-        exp.scheduler().sample_size(),
-        exp.cfg.num_rounds,
-        run_dir,
+    what = (
+        f"{exp.describe()['model']} on {fed.name}, {exp.cfg.num_clients} clients "
+        f"({exp.scheduler().sample_size()} per round), {exp.cfg.num_rounds} rounds -> {run_dir}"
     )
+    log.info("fedlab: %s", line([exp.cfg.strategy.name, what]))
     return _execute(exp, fed, record, run_dir, engine=engine)
 
 
@@ -163,8 +116,8 @@ def resume_experiment(run_dir: Path, engine: Engine | None = None) -> dict:
     the record's rows after the checkpoint's round are dropped (that round is redone), and
     the run continues to ``num_rounds`` with every piece of state restored.
     """
-    from fedlab.record import checkpoint
     from fedlab.config.schema import FedlabConfig
+    from fedlab.record import checkpoint
 
     status = existing_status(run_dir)
     if status is None:
@@ -181,7 +134,10 @@ def resume_experiment(run_dir: Path, engine: Engine | None = None) -> dict:
     exp = Experiment.from_config(raw)
     fed, _ = exp.prepare()
     saved = checkpoint.load(run_dir)
-    record = RunRecord.resume(run_dir, saved.server_round)
+    fresh = open_record(exp, run_dir)
+    record = RunRecord.resume(
+        run_dir, saved.server_round, fresh.round_columns, fresh.client_columns
+    )
     log.info(
         "fedlab: resuming %s after round %d of %d", run_dir, saved.server_round, exp.cfg.num_rounds
     )
@@ -189,18 +145,18 @@ def resume_experiment(run_dir: Path, engine: Engine | None = None) -> dict:
 
 
 def simulation_engine(
-    exp: Experiment, fed: Any, record: RunRecord, carbon: Any, saved: Any
+    exp: Experiment, fed: Any, record: RunRecord, trackers: Trackers, saved: Any
 ) -> None:
-    """Run the federation on Flower's simulation engine (Ray), clients reading a temp copy."""
+    """Run the federation on Flower's simulation engine, clients reading a temp copy."""
+    from fedlab.engines.simulation import simulate
     from fedlab.fl.client_app import build_client_app
     from fedlab.fl.server_app import build_server_app
-    from fedlab.engines.simulation import simulate
 
     with tempfile.TemporaryDirectory(prefix="fedlab-") as tmp:
         data_path = Path(tmp) / "federation.npz"
         fed.save(data_path)
         simulate(
-            build_server_app(exp, fed, record, carbon, saved),
+            build_server_app(exp, fed, record, trackers, saved),
             build_client_app(_client_spec(exp, data_path)),
             exp.cfg.num_clients,
             exp.cfg.simulation,
@@ -215,53 +171,50 @@ def _execute(
     saved: Any = None,
     engine: Engine | None = None,
 ) -> dict:
-    """Run ``engine`` (from the start or from checkpoint ``saved``) and close the record."""
+    """Run ``engine`` (from the start or from checkpoint ``saved``) and close the record.
+
+    The trackers are built here, before the engine starts, so that what they measure (the
+    host's energy) covers the whole run, start-up included.
+    """
+    from fedlab.reports.curves import plot_curves
     from fedlab.reports.model_card import write_model_card
 
-    carbon = exp.carbon_tracker(fed, run_dir)
-    if carbon is not None and saved is not None:
-        carbon.load_state_dict(saved.state["carbon"])
-    started = time.perf_counter()
+    trackers = Trackers.build(RunContext(exp, fed, run_dir))
 
-    def close(status: str, error: str | None = None) -> None:
-        """Finish the record, whatever ended the run: stop the tracker, plot, mark."""
-        fields: dict[str, Any] = {"duration_s": round(time.perf_counter() - started, 3)}
-        if carbon is not None:
-            fields["carbon"] = carbon.summary(carbon.stop())
+    def body() -> None:
+        (engine or simulation_engine)(exp, fed, record, trackers, saved)
+        done = record.results["rounds_completed"]
+        if done != exp.cfg.num_rounds:
+            raise RunFailed(f"simulation ended after {done} rounds")
+
+    def closing(status: str) -> dict[str, Any]:
+        fields = trackers.close()
         if record.rounds:
-            record.plot_curves()
-        record.finish(status, error=error, **fields)
-        write_model_card(run_dir)
+            plot_curves(record.dir)
+        return fields
 
     try:
-        (engine or simulation_engine)(exp, fed, record, carbon, saved)
+        supervise(record, body, closing, finished=lambda: write_model_card(run_dir))
     except KeyboardInterrupt:
-        close("interrupted")
         log.warning("fedlab: interrupted; continue with: fedlab-run resume=%s", run_dir)
         raise
-    except Exception as err:
-        close("failed", error_line(err))
-        raise RunFailed(error_line(err)) from err
-    if record.results["rounds_completed"] != exp.cfg.num_rounds:
-        message = f"simulation ended after {record.results['rounds_completed']} rounds"
-        close("failed", message)
-        raise RunFailed(message)
-    close("completed")
+    except RunFailed as err:
+        cause = err.__cause__
+        if isinstance(cause, RunFailed):  # raised by body itself: one message, not two
+            raise cause from None
+        raise
     results: dict[str, Any] = record.results
-    energy = results["carbon"].get("energy_kwh")
-    log.info(
-        "fedlab: completed %d rounds in %.1f s | accuracy %.4f | loss %.4f%s | record: %s",
-        results["rounds_completed"],
-        results["duration_s"],
-        results["accuracy"],
-        results["loss"],
-        ""
-        if energy is None
-        else f" | {energy:.3g} kWh | {1000 * results['carbon']['emissions_kg']:.3g} gCO2e",
-        run_dir,
-    )
-    if results["privacy"].get("guarantee"):
-        log.info("fedlab: privacy: %s", results["privacy"]["guarantee"])
+    parts = [
+        f"completed {results['rounds_completed']} rounds in {results['duration_s']:.1f} s",
+        f"accuracy {results['accuracy']:.4f}",
+        f"loss {results['loss']:.4f}",
+        *(text for t in trackers if (text := t.final_fragment(results[t.name]))),
+        f"record: {run_dir}",
+    ]
+    log.info("fedlab: %s", line(parts))
+    for tracker in trackers:
+        if note := tracker.final_note(results[tracker.name]):
+            log.info("fedlab: %s", note)
     return results
 
 

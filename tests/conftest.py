@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
 from fedlab.config.schema import register_configs
-from fedlab.engines.simulation import InProcessGrid as _InProcessGrid
+from fedlab.engines.inprocess import InProcessGrid as _InProcessGrid
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -64,10 +64,13 @@ class InProcessGrid(_InProcessGrid):
 @pytest.fixture()
 def run_inprocess(compose_cfg, tmp_path):
     """Run a whole experiment in-process; returns (experiment, record, grid)."""
-    from fedlab.fl.client_app import ClientSpec, build_client_app
     from fedlab.config.experiment import Experiment
-    from fedlab.record.run_dir import RunRecord
+    from fedlab.fl.client_app import ClientSpec, build_client_app
     from fedlab.fl.server_app import run_server
+    from fedlab.record.run_dir import RunRecord
+    from fedlab.run import open_record
+    from fedlab.trackers.base import RunContext
+    from fedlab.trackers.registry import Trackers
 
     def _run(
         *overrides: str,
@@ -78,7 +81,10 @@ def run_inprocess(compose_cfg, tmp_path):
         drop=(),
         resume=None,
     ):
-        """``resume``: a run dir to continue from its checkpoint, as ``fedlab-run resume=``."""
+        """``resume``: a run dir to continue from its checkpoint, as ``fedlab-run resume=``;
+        ``carbon``: measure the host with CodeCarbon (off by default: it costs a second)."""
+        if not carbon:
+            overrides = ("carbon.enabled=false", *overrides)
         exp = Experiment.from_config(compose_cfg(*overrides))
         fed, _ = exp.prepare()
         path = tmp_path / f"fed-{len(list(tmp_path.iterdir()))}.npz"
@@ -96,14 +102,16 @@ def run_inprocess(compose_cfg, tmp_path):
             from fedlab.record import checkpoint
 
             saved = checkpoint.load(resume)
-            record = RunRecord.resume(resume, saved.server_round)
+            fresh = open_record(exp, resume)
+            record = RunRecord.resume(
+                resume, saved.server_round, fresh.round_columns, fresh.client_columns
+            )
         else:
-            record = RunRecord(run_dir or tmp_path / f"run-{len(list(tmp_path.iterdir()))}")
+            record = open_record(exp, run_dir or tmp_path / f"run-{len(list(tmp_path.iterdir()))}")
             record.start("{}", {"rounds_completed": 0})
-        tracker = exp.carbon_tracker(fed, record.dir) if carbon else None
-        run_server(grid, exp, fed, record, tracker, saved)
-        if tracker is not None:
-            record.update(carbon=tracker.summary(tracker.stop()))
+        trackers = Trackers.build(RunContext(exp, fed, record.dir))
+        run_server(grid, exp, fed, record, trackers, saved)
+        record.update(**trackers.close())
         return exp, fed, record, grid
 
     return _run

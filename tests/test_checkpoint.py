@@ -7,9 +7,9 @@ import pytest
 import torch
 from flwr.app import ArrayRecord
 
-from fedlab.record import checkpoint
 from fedlab.config.schema import StrategyConfig
 from fedlab.fl.strategy import build_strategy
+from fedlab.record import checkpoint
 
 
 def _strategy(target: str, **kwargs):

@@ -27,8 +27,8 @@ import flwr
 import pytest
 from hydra import compose, initialize_config_module
 
-from fedlab.engines import simulation
 from fedlab.config.schema import SimulationConfig, register_configs
+from fedlab.engines import ray as ray_engine
 
 BIN = Path(sys.executable).parent
 EXE = BIN / "fedlab-run"
@@ -40,7 +40,7 @@ LAUNCHERS = sorted(p.stem for p in (CONF / "hydra" / "launcher").glob("*.yaml"))
 
 
 def test_cluster_address_connects_without_starting_ray() -> None:
-    init_args = simulation.backend_config(SimulationConfig(ray_address="10.0.0.1:6379"))[
+    init_args = ray_engine.backend_config(SimulationConfig(ray_address="10.0.0.1:6379"))[
         "init_args"
     ]
     assert init_args["address"] == "10.0.0.1:6379" and "num_cpus" not in init_args
@@ -215,7 +215,7 @@ def restore_engine(monkeypatch):
 
     monkeypatch.setattr(vce_api, "add_messages_to_queue", vce_api.add_messages_to_queue)
     monkeypatch.setattr(raybackend, "RayBackend", raybackend.RayBackend)
-    monkeypatch.setattr(simulation, "_engine_poll_s", simulation._engine_poll_s)
+    monkeypatch.setattr(ray_engine, "_engine_poll_s", ray_engine._engine_poll_s)
     monkeypatch.delenv("FEDLAB_FLOWER_ENGINE", raising=False)
     return SimpleNamespace(vce_api=vce_api, raybackend=raybackend)
 
@@ -224,24 +224,24 @@ def test_engine_is_changed_only_on_flwr_1_42(restore_engine, monkeypatch) -> Non
     from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
 
     vce_api, raybackend = restore_engine.vce_api, restore_engine.raybackend
-    assert simulation.speed_up_engine(0.01) is True
-    assert vce_api.add_messages_to_queue is simulation._add_messages_to_queue
+    assert ray_engine.speed_up_engine(0.01) is True
+    assert vce_api.add_messages_to_queue is ray_engine._add_messages_to_queue
     assert issubclass(raybackend.RayBackend, RayBackend) and raybackend.RayBackend.fedlab
     patched_backend = raybackend.RayBackend
-    assert simulation.speed_up_engine(0.02) is True  # again (multirun): no subclass of subclass
-    assert raybackend.RayBackend is patched_backend and simulation._engine_poll_s == 0.02
+    assert ray_engine.speed_up_engine(0.02) is True  # again (multirun): no subclass of subclass
+    assert raybackend.RayBackend is patched_backend and ray_engine._engine_poll_s == 0.02
     for version, env in (("1.43.0", None), ("1.42.0", "1")):
         monkeypatch.setattr(flwr, "__version__", version)
         if env:
             monkeypatch.setenv("FEDLAB_FLOWER_ENGINE", env)
-        assert simulation.speed_up_engine(0.01) is False  # Flower's own engine, restored
-        assert vce_api.add_messages_to_queue is simulation._flower_engine["loop"]
-        assert raybackend.RayBackend is simulation._flower_engine["backend"]
+        assert ray_engine.speed_up_engine(0.01) is False  # Flower's own engine, restored
+        assert vce_api.add_messages_to_queue is ray_engine._flower_engine["loop"]
+        assert raybackend.RayBackend is ray_engine._flower_engine["backend"]
         assert not getattr(raybackend.RayBackend, "fedlab", False)
 
 
 def test_engine_loop_delivers_within_its_interval_in_node_order(restore_engine) -> None:
-    simulation.speed_up_engine(0.005)
+    ray_engine.speed_up_engine(0.005)
     state, queue, stop = _FakeState(), Queue(), threading.Event()
     nodes = {30: 0, 10: 1, 20: 2}  # node id -> partition id, in registration order
     loop = threading.Thread(

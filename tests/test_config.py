@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from fedlab.config.schema import ClientConfig, ConfigError, FedlabConfig, SimulationConfig
 from fedlab.config.experiment import Experiment
+from fedlab.config.schema import ClientConfig, ConfigError, FedlabConfig, SimulationConfig
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

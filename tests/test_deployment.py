@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedlab.fl.client_app import ClientSpec
 from fedlab.config.schema import ConfigError
+from fedlab.fl.client_app import ClientSpec
 from fedlab.record.run_dir import load_model, read_csv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,9 +70,9 @@ def test_bad_overrides_are_one_config_error() -> None:
 
 
 def test_a_node_derives_its_spec_and_prepares_data_once(tmp_path, compose_cfg, monkeypatch) -> None:
-    from fedlab.engines import deployment
     from fedlab.config.experiment import Experiment
     from fedlab.data.partition import FederatedData
+    from fedlab.engines import deployment
 
     context = _context({"overrides": " ".join(OVERRIDES)}, {"partition-id": 1})
     monkeypatch.setenv(deployment.CACHE_ENV, str(tmp_path))

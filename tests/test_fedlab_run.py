@@ -62,7 +62,8 @@ BAD = [
     (["partition.alpha=0"], "partition.alpha: must be > 0"),
     (["client.lr=fast"], "client.lr: expected float, got 'fast'"),
     (["no_such_key=1"], "no_such_key: unknown key"),
-    (["privacy=central", "strategy=krum"], "privacy: central DP cannot be combined with krum"),
+    (["privacy=central", "strategy=krum"],
+     "strategy.aggregate: central DP cannot be combined with 'krum'"),
     (["carbon.country=XYZ"], "carbon.country:"),
     (["dataset=synthetic", "partition=natural", "num_clients=10", "dataset.num_users=30"],
      "num_clients: partition=natural gives one client per user"),
@@ -112,7 +113,7 @@ def test_condense_keeps_unknown_messages() -> None:
 def test_rerun_of_an_unfinished_attempt_moves_it_aside(tmp_path: Path, compose_cfg) -> None:
     from omegaconf import OmegaConf
 
-    from fedlab.run import _reuse
+    from fedlab.record.lifecycle import claim
 
     cfg = compose_cfg("num_rounds=1")
     text = OmegaConf.to_yaml(cfg, resolve=True)
@@ -121,14 +122,14 @@ def test_rerun_of_an_unfinished_attempt_moves_it_aside(tmp_path: Path, compose_c
     (run / "config.yaml").write_text(text)
     (run / "results.json").write_text(json.dumps({"status": "interrupted"}))
     (run / "rounds.csv").write_text("round\n0\n")
-    assert _reuse(run, text) is None  # run it again ...
+    assert claim(run, text) is None  # run it again ...
     kept = run / "attempts" / "1"  # ... after keeping the old attempt
     assert json.loads((kept / "results.json").read_text())["status"] == "interrupted"
     assert (kept / "rounds.csv").read_text() == "round\n0\n"
     assert sorted(p.name for p in run.iterdir()) == ["attempts"]
     (run / "results.json").write_text(json.dumps({"status": "completed", "accuracy": 1.0}))
     (run / "config.yaml").write_text(text)
-    assert _reuse(run, text) == {"status": "completed", "accuracy": 1.0}  # skipped
+    assert claim(run, text) == {"status": "completed", "accuracy": 1.0}  # skipped
 
 
 def test_resume_refuses_what_it_cannot_continue(finished_run: Path) -> None:

@@ -15,8 +15,8 @@ from flwr.clientapp import ClientApp
 
 from fedlab.fl.client_app import build_client_app
 from fedlab.fl.model import build_model
-from fedlab.record.run_dir import load_model, read_csv
 from fedlab.fl.schedule import Scheduler
+from fedlab.record.run_dir import load_model, read_csv
 
 SMALL = ("num_clients=4", "num_rounds=3", "model.hidden=[16]", "partition=iid")
 STRATEGIES = [

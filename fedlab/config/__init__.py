@@ -1,1 +1,2 @@
-"""Configuration: the structured schema every composed config is checked against, and the validated experiment built from it."""
+"""Configuration: the structured schema every composed config is checked against, and the
+validated experiment built from it."""

@@ -7,7 +7,6 @@ building what it names. Every problem surfaces as one :class:`~fedlab.config.sch
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,9 +20,10 @@ from fedlab.data.datasets import DatasetSpec
 from fedlab.data.partition import FederatedData, partition
 from fedlab.fl.schedule import Scheduler
 from fedlab.fl.strategy import build_strategy, check_robust_aggregation
+from fedlab.trackers.registry import tracker_specs
 
 if TYPE_CHECKING:
-    from fedlab.trackers.devices import Fleet
+    from fedlab.trackers.devices.fleet import Fleet
 
 
 def _omegaconf_message(err: OmegaConfBaseException, group: str) -> ConfigError:
@@ -64,55 +64,6 @@ def build_spec(node: dict[str, Any], group: str, base: type) -> Any:
         raise _omegaconf_message(err, group) from None
 
 
-def check_carbon(carbon: Any, num_clients: int, seed: int) -> None:
-    """Check countries, regions, links and the network model before the run starts.
-
-    An unknown country code must stop the run: CodeCarbon would silently fall back to the
-    world average.
-    """
-    from fedlab.trackers.carbon import NetworkModel, assign_links, assign_regions, carbon_intensity
-
-    checks = (
-        ("carbon.country", lambda: carbon_intensity(carbon.country)),
-        ("carbon.network", lambda: NetworkModel.from_config(carbon.network)),
-        (
-            "carbon.regions",
-            lambda: assign_regions(num_clients, carbon.regions or carbon.country, seed),
-        ),
-        (
-            "carbon.links",
-            lambda: assign_links(
-                num_clients, carbon.links, NetworkModel.from_config(carbon.network)
-            ),
-        ),
-    )
-    for key, check in checks:
-        try:
-            check()
-        except (ValueError, TypeError) as err:
-            raise ConfigError(key, str(err).splitlines()[0]) from None
-
-
-def check_devices(cfg: FedlabConfig) -> None:
-    """Check the device mix and links against the profile library before the run starts."""
-    from fedlab.trackers.devices import assign
-
-    devices = cfg.devices
-    library = devices.profiles
-    try:
-        assign(cfg.num_clients, devices.mix, library.devices, cfg.seed, "devices.mix")
-        if devices.links is not None:
-            assign(cfg.num_clients, devices.links, library.links, cfg.seed, "devices.links")
-    except (ValueError, TypeError) as err:
-        key, _, message = str(err).partition(": ")
-        raise ConfigError(key, message) from None
-    require(
-        cfg.carbon.links == "wired",
-        "carbon.links",
-        "with simulated devices each client's link is its device's: set devices.links instead",
-    )
-
-
 @dataclass
 class Experiment:
     """A validated experiment: the typed config and the objects its groups name."""
@@ -129,17 +80,8 @@ class Experiment:
         build_strategy(cfg.strategy)  # Flower checks its kwargs, fedlab their ranges
         exp = cls(cfg, dataset)
         check_robust_aggregation(cfg.strategy, exp.scheduler().sample_size())
-        if cfg.carbon.enabled or cfg.strategy.selection == "carbon_aware":
-            check_carbon(cfg.carbon, cfg.num_clients, cfg.seed)
-        if cfg.devices.enabled:
-            check_devices(cfg)
-        if cfg.privacy.mode == "central":
-            from fedlab.trackers.privacy import validate_central_dp_strategy
-
-            try:
-                validate_central_dp_strategy(cfg.strategy.name)
-            except ValueError as err:
-                raise ConfigError("privacy", str(err)) from None
+        for spec in tracker_specs(cfg.trackers):
+            spec.cls.check(exp)
         if cfg.stragglers.fraction > 0:
             per_round = exp.scheduler().sample_size()
             require(
@@ -177,7 +119,7 @@ class Experiment:
             failure_rate=cfg.failures.rate,
             selection=cfg.strategy.selection,
             fairness_floor=cfg.strategy.fairness_floor,
-            intensity=self.grid_intensity() if cfg.strategy.selection == "carbon_aware" else None,
+            intensity=self.region_intensity() if cfg.strategy.selection == "carbon_aware" else None,
             evaluable=None
             if fed is None
             else tuple(pid for pid, idx in enumerate(fed.client_test) if len(idx)),
@@ -186,27 +128,11 @@ class Experiment:
             deadline_s=cfg.devices.deadline_s,
         )
 
-    def grid_intensity(self) -> Any:
-        """(client, simulated seconds) -> gCO2e/kWh of the client's grid."""
-        from fedlab.trackers.carbon import client_grid_intensity
+    def region_intensity(self) -> Any:
+        """(client, simulated seconds) -> gCO2e/kWh of the electricity in the client's region."""
+        from fedlab.trackers.carbon.intensity import client_region_intensity
 
-        return client_grid_intensity(self.cfg.carbon, self.cfg.num_clients, self.cfg.seed)
-
-    def carbon_tracker(self, fed: FederatedData, run_dir: Any) -> Any:
-        """The run's :class:`fedlab.trackers.carbon.RunCarbon` writing into ``run_dir`` (None when
-        ``carbon=off``); clients' links are their simulated devices' when there are any."""
-        if not self.cfg.carbon.enabled:
-            return None
-        from fedlab.trackers.carbon import RunCarbon
-
-        fleet = self.fleet(fed)
-        return RunCarbon(
-            self.cfg.carbon,
-            run_dir,
-            self.cfg.num_clients,
-            self.cfg.seed,
-            links=None if fleet is None else [link.name for link in fleet.links],
-        )
+        return client_region_intensity(self.cfg.carbon, self.cfg.num_clients, self.cfg.seed)
 
     def fleet(self, fed: FederatedData) -> Fleet | None:
         """The clients' simulated devices over ``fed`` (None without ``devices``); built once."""
@@ -215,8 +141,8 @@ class Experiment:
         if self._fleet is None or self._fleet[0] is not fed:
             import torch
 
-            from fedlab.trackers.devices import Fleet
             from fedlab.fl.model import build_model
+            from fedlab.trackers.devices.fleet import Fleet
 
             cfg = self.cfg
             # Any weights do (FLOPs depend on shapes only): leave the global RNG as it was.
@@ -248,15 +174,18 @@ class Experiment:
         )
 
     def prepare(self) -> tuple[FederatedData, list[str]]:
-        """Load and partition the data, then settle data-dependent privacy parameters.
+        """Load and partition the data, then let the trackers settle data-dependent settings.
 
         Returns the federation and the warnings to show the user.
         """
         fed = self.load_data()
-        return fed, self.plan_privacy(fed)
+        specs = tracker_specs(self.cfg.trackers)
+        warnings = [w for spec in specs for w in spec.cls.prepare(self, fed)]
+        return fed, warnings
 
-    def train_config(self) -> ConfigRecord:
-        """Per-round training settings sent to every client with the global model."""
+    def train_config(self, extra: dict[str, Any] | None = None) -> ConfigRecord:
+        """Per-round training settings sent to every client with the global model (``extra``:
+        what the trackers add, such as DP-SGD's noise)."""
         c = self.cfg.client
         config: dict[str, Any] = {
             "optimizer": c.optimizer,
@@ -266,53 +195,9 @@ class Experiment:
             "local-epochs": float(c.local_epochs),
             "batch-size": c.batch_size,
         }
-        privacy = self.cfg.privacy
-        if privacy.mode == "local":
-            config |= {
-                "dp-noise-multiplier": privacy.noise_multiplier,
-                "dp-max-grad-norm": privacy.max_grad_norm,
-                "dp-grad-sample-mode": privacy.grad_sample_mode,
-            }
-        elif privacy.mode == "central":
-            config["equal-weights"] = True
+        config.update(extra or {})
         config.update(self.cfg.strategy.train_config)
         return ConfigRecord(config)
-
-    def plan_privacy(self, fed: FederatedData) -> list[str]:
-        """Settle privacy parameters that depend on the data; returns warnings to show.
-
-        With ``privacy.target_epsilon`` the noise multiplier is chosen here, from each
-        client's planned participation in the seeded schedule, and written back into the
-        config so the record says which noise was used.
-        """
-        from fedlab.trackers.privacy import delta_warning, plan_local_noise
-
-        privacy, cfg = self.cfg.privacy, self.cfg
-        if privacy.mode == "none":
-            return []
-        if privacy.mode == "central":
-            warning = delta_warning(privacy.delta, cfg.num_clients, unit="clients")
-            return [warning] if warning else []
-        sizes = [len(idx) for idx in fed.client_train]
-        warning = delta_warning(privacy.delta, min(sizes), unit="records of the smallest client")
-        if privacy.target_epsilon is not None:
-            scheduler = self.scheduler(fed)
-            planned: dict[int, tuple[float, int]] = {}
-            for pid, n in enumerate(sizes):
-                batches = math.ceil(n / cfg.client.batch_size)
-                steps = sum(
-                    max(1, math.ceil(plan.epochs[pid] * batches))
-                    for plan in map(scheduler.plan, range(1, cfg.num_rounds + 1))
-                    if pid in plan.epochs
-                )
-                planned[pid] = (1 / batches, steps)
-            try:
-                privacy.noise_multiplier = plan_local_noise(
-                    privacy.target_epsilon, privacy.delta, planned, privacy.accountant
-                )
-            except ValueError as err:
-                raise ConfigError("privacy.target_epsilon", str(err)) from None
-        return [warning] if warning else []
 
     def describe(self) -> dict[str, Any]:
         """The experiment in a few names, for ``results.json`` and reports."""

@@ -6,10 +6,10 @@ Hydra composes YAML from ``conf/``; this module says what the result must look l
   ``stragglers`` and ``failures`` groups) is a tree of dataclasses registered in Hydra's
   ConfigStore, so OmegaConf rejects a wrong type at composition time.
 * Groups whose options differ in shape (``dataset``, ``partition``, ``model``, ``strategy``)
-  name their implementation with ``_target_``. :meth:`fedlab.config.experiment.Experiment.from_config`
-  builds each of them once at start-up so the implementation's own dataclass or constructor
-  checks its arguments, and the first problem becomes a :class:`ConfigError` that names the
-  key and what is allowed.
+  name their implementation with ``_target_``.
+  :meth:`fedlab.config.experiment.Experiment.from_config` builds each of them once at start-up
+  so the implementation's own dataclass or constructor checks its arguments, and the first
+  problem becomes a :class:`ConfigError` that names the key and what is allowed.
 
 Range checks live in ``__post_init__`` so they run both here and when code builds a config
 object directly.
@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
+
+from fedlab.config import privacy_rules
 
 
 class ConfigError(ValueError):
@@ -105,7 +107,9 @@ class SimulationConfig:
     pull_interval_s: float = 0.01
 
     def __post_init__(self) -> None:
-        require_choice(self.backend, "simulation.backend", ("ray", "inprocess"))
+        from fedlab.engines.simulation import ENGINES
+
+        require_choice(self.backend, "simulation.backend", tuple(ENGINES))
         require(
             self.client_cpus > 0, "simulation.client_cpus", f"must be > 0, got {self.client_cpus}"
         )
@@ -171,7 +175,30 @@ class StrategyConfig:
     carbon_aware`` fills each round with the clients whose grid is cleanest at that hour,
     except a ``fairness_floor`` share of the slots drawn uniformly from everyone, so every
     client keeps taking part (see :meth:`fedlab.fl.schedule.Scheduler.plan`).
+
+    What the strategy *does* is declared, not inferred from its class name, so a strategy added
+    by one YAML file is treated by what it declares:
+
+    * ``aggregate``: what ``aggregate_train`` computes from the client updates, one of
+      :attr:`AGGREGATES` (``other`` for anything else). Central DP reads it: its noise covers a
+      ``weighted_mean`` (server optimisers that post-process the mean included) and nothing
+      else, and it refuses a strategy that declares nothing (null).
+    * ``min_clients_per_round``: a Byzantine-robust rule's bound on the clients it needs per
+      round, ``base + per_malicious * f`` with f = ``flower.num_malicious_nodes`` (Krum:
+      ``{base: 3, per_malicious: 2}``, i.e. 2f + 3); empty for no bound.
     """
+
+    AGGREGATES: ClassVar[tuple[str, ...]] = (
+        "weighted_mean",  # a (weighted) mean of the updates, or a server optimiser's step on it
+        "median",  # coordinate-wise median
+        "trimmed_mean",  # coordinate-wise mean without the extremes
+        "krum",  # the one update closest to its neighbours
+        "multikrum",  # the mean of the best-scoring updates
+        "bulyan",  # Krum-type selection, then a trimmed mean
+        "qfair",  # q-FFL: updates reweighted by each client's loss to the power q
+        "other",
+    )
+    BOUND_KEYS: ClassVar[tuple[str, ...]] = ("base", "per_malicious")
 
     name: str = MISSING
     flower: Any = MISSING
@@ -182,6 +209,8 @@ class StrategyConfig:
     train_config: dict[str, Any] = field(default_factory=dict)
     selection: str = "random"
     fairness_floor: float = 0.2
+    aggregate: str | None = None
+    min_clients_per_round: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         require_fraction(self.fraction_train, "strategy.fraction_train")
@@ -190,6 +219,15 @@ class StrategyConfig:
         require_choice(self.straggler_policy, "strategy.straggler_policy", ("drop", "partial"))
         require_choice(self.selection, "strategy.selection", ("random", "carbon_aware"))
         require_fraction(self.fairness_floor, "strategy.fairness_floor", allow_zero=True)
+        if self.aggregate is not None:
+            require_choice(self.aggregate, "strategy.aggregate", self.AGGREGATES)
+        bound = self.min_clients_per_round
+        require(
+            set(bound) <= set(self.BOUND_KEYS) and all(v >= 0 for v in bound.values()),
+            "strategy.min_clients_per_round",
+            "takes base and per_malicious, each >= 0 (clients per round >= base + "
+            f"per_malicious * flower.num_malicious_nodes); got {dict(bound)}",
+        )
 
 
 @dataclass
@@ -201,7 +239,7 @@ class PrivacyConfig:
       ``target_epsilon`` instead picks the noise for the planned rounds before the run.
     * ``central``: user-level DP-FedAvg with Flower's wrappers: each client's update clipped to
       ``max_grad_norm`` (``clipping: fixed``) or to an adaptive quantile (``adaptive``), by the
-      server or the clients (``noise_at`` decides who clips; noise is always added once to
+      server or the clients (``clip_at`` decides who clips; noise is always added once to
       the aggregate by the server), Gaussian noise ``noise_multiplier * C / m``.
     """
 
@@ -224,32 +262,24 @@ class PrivacyConfig:
         require_choice(self.mode, "privacy.mode", ("none", "local", "central"))
         if self.mode == "none":
             return
-        # The value rules are fedlab.trackers.privacy's (imported here only when DP is on: it pulls
-        # in Opacus and torch, which `fedlab-run --help` should not pay for).
-        from fedlab.trackers import privacy
-
-        for key, check in (
-            ("delta", privacy.validate_delta),
-            ("noise_multiplier", privacy.validate_noise_multiplier),
-            ("max_grad_norm", privacy.validate_max_grad_norm),
-            ("grad_sample_mode", privacy.validate_grad_sample_mode),
-        ):
+        # The value rules are written once, in fedlab.config.privacy_rules, which the privacy
+        # code (accounting, DP-SGD) checks its arguments with too.
+        rules = privacy_rules
+        checks: list[tuple[str, Any, tuple[Any, ...]]] = [
+            ("delta", rules.validate_delta, (self.delta,)),
+            ("noise_multiplier", rules.validate_noise_multiplier, (self.noise_multiplier,)),
+            ("max_grad_norm", rules.validate_max_grad_norm, (self.max_grad_norm,)),
+            ("grad_sample_mode", rules.validate_grad_sample_mode, (self.grad_sample_mode,)),
+            ("accountant", rules.validate_accountant, (self.accountant, rules.RUN_ACCOUNTANTS)),
+            ("conversion", rules.validate_conversion, (self.conversion, self.accountant)),
+        ]
+        if self.target_epsilon is not None:
+            checks.append(("target_epsilon", rules.validate_target_epsilon, (self.target_epsilon,)))
+        for key, check, args in checks:
             try:
-                check(getattr(self, key))
+                check(*args)
             except ValueError as err:
                 raise ConfigError(f"privacy.{key}", str(err)) from None
-        require_choice(self.accountant, "privacy.accountant", ("rdp", "prv"))
-        require_choice(self.conversion, "privacy.conversion", ("opacus", "classic"))
-        require(
-            self.conversion == "opacus" or self.accountant == "rdp",
-            "privacy.conversion",
-            "classic conversion applies to the rdp accountant only",
-        )
-        require(
-            self.target_epsilon is None or self.target_epsilon > 0,
-            "privacy.target_epsilon",
-            "must be > 0 or null",
-        )
         require(
             self.target_epsilon is None or self.mode == "local",
             "privacy.target_epsilon",
@@ -276,8 +306,9 @@ class CarbonConfig:
     simulated clients in countries (null: all in ``country``; an ISO-3 code; an explicit
     ``{client_id: ISO3, default: ISO3}``; or a weighted mix ``{ISO3: weight}`` assigned with
     the seed); ``links`` gives their network link (``wired``, ``wifi``, ``4g``, or a mapping
-    like regions'); ``network`` overrides the kWh/GB of a link (docs/carbon.md cites the
-    defaults); ``intensity_profile`` is a CSV of hourly intensities per region, read at the
+    or mix like regions'); ``network`` overrides the kWh/GB of a link, whose values live in the
+    one table of links, ``devices.profiles.links`` (docs/carbon.md cites them), or prices a link
+    only carbon uses; ``intensity_profile`` is a CSV of hourly intensities per region, read at the
     simulated clock: round r starts at (r - 1) * ``hours_per_round`` hours.
     """
 
@@ -317,12 +348,17 @@ class DeviceProfileConfig:
 
 @dataclass
 class LinkProfileConfig:
-    """One network link type (``devices.profiles.links.<name>``)."""
+    """One network link type (``devices.profiles.links.<name>``), the one table of links: what
+    a device spends on it (bandwidth, transfer power: the device model) and what the network
+    spends per GB (``kwh_per_gb``: carbon accounting). A link without ``kwh_per_gb`` is refused
+    at start-up by a run that charges it, unless ``carbon.network`` prices it."""
 
     down_mbps: float = MISSING
     up_mbps: float = MISSING
     transfer_w: float = MISSING  # the device's power while its radio or NIC transfers, W
     source: str = ""
+    kwh_per_gb: float | None = None  # network energy per GB (10^9 bytes) moved, kWh
+    kwh_per_gb_source: str = ""
 
 
 @dataclass
@@ -380,14 +416,19 @@ class DevicesConfig:
             )
         for name, link in self.profiles.links.items():
             _require_ranges(link, f"devices.profiles.links.{name}", ("down_mbps", "up_mbps"))
-            _require_ranges(link, f"devices.profiles.links.{name}", ("transfer_w",), strict=False)
+            _require_ranges(
+                link, f"devices.profiles.links.{name}", ("transfer_w", "kwh_per_gb"), strict=False
+            )
 
 
 def _require_ranges(node: Any, prefix: str, keys: tuple[str, ...], strict: bool = True) -> None:
-    """Check that each of ``keys`` of ``node`` is > 0 (``strict``) or >= 0."""
+    """Check that each of ``keys`` of ``node`` is finite and > 0 (``strict``) or >= 0; an
+    optional value left null is not checked (its user says whether it needs one)."""
     for key in keys:
         value = getattr(node, key)
-        ok = value > 0 if strict else value >= 0
+        if value is None:
+            continue
+        ok = math.isfinite(value) and (value > 0 if strict else value >= 0)
         require(ok, f"{prefix}.{key}", f"must be {'>' if strict else '>='} 0, got {value}")
 
 
@@ -410,6 +451,10 @@ class FedlabConfig:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     carbon: CarbonConfig = field(default_factory=CarbonConfig)
     devices: DevicesConfig = field(default_factory=DevicesConfig)
+    # What the run measures: name -> {_target_: a fedlab.trackers.base.Tracker subclass, and
+    # its options}. Config order is the order of their columns in the record; add one with
+    # +trackers.NAME._target_=my.module.MyTracker, drop one with ~trackers.NAME.
+    trackers: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         require(self.seed >= 0, "seed", f"must be a non-negative integer, got {self.seed}")

@@ -1,1 +1,2 @@
-"""Engines: where the ServerApp and ClientApps run (Ray simulation, in-process, Deployment Engine)."""
+"""Engines: where the ServerApp and ClientApps run (Ray simulation, in-process, Flower's
+Deployment Engine)."""

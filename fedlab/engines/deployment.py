@@ -35,8 +35,8 @@ from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig, OmegaConf
 
-from fedlab.fl.client_app import ClientSpec, build_client_app
 from fedlab.config.schema import ConfigError
+from fedlab.fl.client_app import ClientSpec, build_client_app
 
 log = logging.getLogger("fedlab")
 
@@ -197,8 +197,8 @@ serverapp = ServerApp()
 @serverapp.main()
 def _server_main(grid: Grid, context: Context) -> None:
     """Compose, validate, prepare and record as ``fedlab-run`` does; run over Flower's Grid."""
-    from fedlab.run import run_experiment
     from fedlab.fl.server_app import run_server
+    from fedlab.run import run_experiment
 
     _log_to_stderr()
     overrides = overrides_of(context.run_config)
@@ -207,7 +207,7 @@ def _server_main(grid: Grid, context: Context) -> None:
     interval = float(context.run_config.get(PULL_INTERVAL_KEY, 0.1))
     polling = PollingGrid(grid, interval)
 
-    def engine(exp: Any, fed: Any, record: Any, carbon: Any, saved: Any) -> None:
+    def engine(exp: Any, fed: Any, record: Any, trackers: Any, saved: Any) -> None:
         from flwr.supercore.exit import add_exit_handler
 
         def stopped() -> None:
@@ -216,7 +216,7 @@ def _server_main(grid: Grid, context: Context) -> None:
                 record.finish("interrupted", error="stopped: flwr stop or a signal")
 
         add_exit_handler(stopped, run_before_force_exit=True)
-        run_server(polling, exp, fed, record, carbon, saved)
+        run_server(polling, exp, fed, record, trackers, saved)
 
     log.info("fedlab: Flower run %s, record: %s", context.run_id, run_dir)
     run_experiment(raw, run_dir, overrides, engine=engine)

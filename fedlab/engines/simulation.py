@@ -1,224 +1,37 @@
-"""Simulation: run the ServerApp and ClientApp on Flower's simulation engine (Ray), or serially
-in this process (``simulation.backend=inprocess``)."""
+"""Simulation: run the ServerApp and ClientApps on the engine ``simulation.backend`` names.
+
+Each engine is one module of this package with a function of the same signature; adding one
+is a module and an entry in :data:`ENGINES` (and a ``conf/simulation/`` option).
+"""
 
 from __future__ import annotations
 
-import logging
-import os
-import threading
-import warnings
-from queue import Queue
-from typing import Any
+from collections.abc import Callable
+from importlib import import_module
+from typing import TYPE_CHECKING
 
-import flwr
-from flwr.clientapp import ClientApp
-from flwr.serverapp import ServerApp
+if TYPE_CHECKING:  # the config schema reads ENGINES: importing this module must stay cheap
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import ServerApp
 
-from fedlab.config.schema import SimulationConfig
+    from fedlab.config.schema import SimulationConfig
 
-log = logging.getLogger("fedlab")
-
-# The engine loop below replaces a function of flwr 1.42's simulation engine: only that series
-# is known to match it. Another Flower version runs its own loop unchanged.
-PATCHED_FLWR_SERIES = "1.42."
-_engine_poll_s = 0.1  # set by simulate() from simulation.pull_interval_s
-_flower_engine: dict[str, Any] = {}  # Flower's own loop and backend, to put back
+#: ``simulation.backend`` -> "module:function" running one simulation (imported on use, so a
+#: run in-process never imports Ray).
+ENGINES: dict[str, str] = {
+    "ray": "fedlab.engines.ray:run_on_ray",
+    "inprocess": "fedlab.engines.inprocess:run_inprocess",
+}
 
 
-def backend_config(sim: SimulationConfig) -> dict:
-    """Flower's ``backend_config`` for the Ray backend.
-
-    ``client_cpus`` decides how many client actors run at once (cores / client_cpus). Ray's
-    dashboard is off and actor output is not forwarded to the driver: clients report through
-    their replies, and errors come back as error replies that fedlab records.
-    """
-    init_args: dict = {
-        "include_dashboard": False,
-        "log_to_driver": False,
-        "logging_level": logging.ERROR,
-        "configure_logging": True,
-    }
-    if sim.ray_num_cpus is not None:
-        init_args["num_cpus"] = sim.ray_num_cpus
-    if sim.ray_address is not None:
-        # An existing cluster ("auto", "host:6379" or "ray://host:10001"): ray.init connects
-        # instead of starting Ray, and its nodes' `ray start --num-cpus` set the cores.
-        init_args["address"] = sim.ray_address
-    return {
-        "client_resources": {"num_cpus": sim.client_cpus, "num_gpus": sim.client_gpus},
-        "init_args": init_args,
-    }
-
-
-def quiet_environment() -> None:
-    """Environment settings that must precede Ray's start-up."""
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
-
-def _add_messages_to_queue(
-    state: Any, queue: Queue, nodes_mapping: dict[int, int], f_stop: threading.Event
-) -> None:
-    """flwr 1.42's ``vce_api.add_messages_to_queue`` with a configurable wait.
-
-    Flower's loop asks the LinkState for one message per node (``get_message_ins``, which
-    scans every stored message under a lock), then waits a hard-coded 0.1 s. That wait delays
-    every message to the clients by 50 ms on average, once per train and once per evaluate
-    phase, whatever the work. This loop waits ``simulation.pull_interval_s`` instead, and
-    first reads which nodes have undelivered messages from the in-memory store (a cheap,
-    unlocked snapshot used only as a hint), so that a short wait does not turn the per-node
-    scan into a busy loop with hundreds of nodes. Delivery itself still goes through Flower's
-    ``get_message_ins`` (locking, TTL checks, marking messages delivered), in node order.
-    """
-    store = getattr(state, "message_ins_store", None)  # InMemoryLinkState only
-    while not f_stop.is_set():
-        if store is None:
-            nodes: Any = nodes_mapping.keys()
-        else:
-            waiting = {
-                m.metadata.dst_node_id for m in list(store.values()) if not m.metadata.delivered_at
-            }
-            nodes = [node for node in nodes_mapping if node in waiting] if waiting else ()
-        for node_id in nodes:
-            for msg in state.get_message_ins(node_id=node_id, limit=1):
-                queue.put(msg)
-        f_stop.wait(_engine_poll_s)
-
-
-def _fedlab_ray_backend() -> type:
-    """flwr 1.42's RayBackend, sending the ClientApp to the actors once instead of per message.
-
-    Flower passes the ClientApp factory as an argument of every actor call, so the driver
-    cloudpickles the ClientApp (closures included, ~9 kB) once per client per phase (about
-    1-2 ms each on this machine, on the driver's critical path). Stored once with ``ray.put``,
-    each call carries a reference that Ray resolves to the same factory in the actor.
-    """
-    import ray
-    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
-
-    class FedlabRayBackend(RayBackend):
-        fedlab = True
-
-        def build(self, app_fn: Any) -> None:
-            super().build(app_fn)
-            self.app_fn = ray.put(app_fn)
-
-    return FedlabRayBackend
-
-
-def speed_up_engine(poll_s: float) -> bool:
-    """Remove two fixed costs of Flower's simulation engine from every round.
-
-    flwr 1.42 exposes no setting for either, so fedlab replaces two module-level names that
-    the engine looks up each time it starts: ``vce_api.add_messages_to_queue`` (a loop that
-    hands messages to the clients every 0.1 s; fedlab's waits ``poll_s``, see
-    :func:`_add_messages_to_queue`) and ``raybackend.RayBackend`` (a subclass that sends the
-    ClientApp to the actors once, see :func:`_fedlab_ray_backend`). Only for the flwr 1.42
-    series, whose source both were checked against; with any other version, or with the
-    environment variable ``FEDLAB_FLOWER_ENGINE=1`` (to compare, or to rule fedlab out when
-    debugging the engine), Flower's own engine runs and this returns False.
-    """
-    from flwr.server.superlink.fleet.vce import vce_api
-    from flwr.server.superlink.fleet.vce.backend import raybackend
-
-    global _engine_poll_s
-    if not _flower_engine:
-        _flower_engine.update(loop=vce_api.add_messages_to_queue, backend=raybackend.RayBackend)
-    if os.environ.get("FEDLAB_FLOWER_ENGINE") == "1" or not flwr.__version__.startswith(
-        PATCHED_FLWR_SERIES
-    ):
-        vce_api.add_messages_to_queue = _flower_engine["loop"]
-        raybackend.RayBackend = _flower_engine["backend"]
-        return False
-    _engine_poll_s = poll_s
-    vce_api.add_messages_to_queue = _add_messages_to_queue
-    if not getattr(raybackend.RayBackend, "fedlab", False):
-        raybackend.RayBackend = _fedlab_ray_backend()
-    return True
-
-
-class InProcessGrid:
-    """A Flower Grid that runs every ClientApp call serially in this process.
-
-    Flower's only simulation backend is Ray, whose fixed costs (starting its daemons, client
-    actors importing torch and Flower, an actor call per message) dominate small studies on
-    one machine: about 13 s per run and 2-3 ms per message here. This Grid hands each message
-    to the ClientApp directly, with the node's Context, and turns a raised exception into an
-    error reply as Flower's engine does; the ServerApp, strategies, DP wrappers and record are
-    the same objects. Every draw is seeded from (seed, round, client), so a run gives the same
-    numbers as on Ray (tests/test_simulation.py compares them). Clients run one after another
-    and a hung client cannot be timed out (``round_timeout_s`` does not apply).
-    """
-
-    def __init__(self, client_app: ClientApp, num_clients: int, node_ids: Any = None) -> None:
-        from flwr.app import Context, RecordDict
-        from flwr.supercore.task_identity import TaskIdentity
-
-        # Flower's runtime sets the identity of the ServerApp process before messages are made.
-        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-        self.client_app = client_app
-        # Flower gives nodes arbitrary ids; so does this Grid (fedlab maps them by handshake).
-        ids = range(1, num_clients + 1) if node_ids is None else node_ids
-        self.contexts = {
-            int(node): Context(
-                run_id=1,
-                node_id=int(node),
-                node_config={"partition-id": pid, "num-partitions": num_clients},
-                state=RecordDict(),
-                run_config={},
-            )
-            for pid, node in enumerate(ids)
-        }
-
-    def get_node_ids(self) -> list[int]:
-        """Every simulated node."""
-        return list(self.contexts)
-
-    def reply(self, msg: Any, client_app: ClientApp | None = None) -> Any:
-        """The ClientApp's (or ``client_app``'s) reply to ``msg``; an error reply if it raised."""
-        from flwr.app import Error, Message
-
-        context = self.contexts[msg.metadata.dst_node_id]
-        try:
-            return (client_app or self.client_app)(msg, context)
-        except Exception as err:  # Flower turns a client exception into an error reply
-            return Message(Error(code=2, reason=repr(err)), reply_to=msg)
-
-    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> list[Any]:
-        """Run each message's ClientApp call now; return the replies."""
-        return [self.reply(msg) for msg in messages]
-
-
-def run_in_process(server_app: ServerApp, grid: Any) -> None:
-    """Run ``server_app`` over ``grid`` in this process (no Ray, no threads)."""
-    from flwr.app import Context, RecordDict
-
-    server_app(
-        grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
-    )
+def engine(backend: str) -> Callable[[ServerApp, ClientApp, int, SimulationConfig], None]:
+    """The function that runs a simulation on ``backend``."""
+    module, _, name = ENGINES[backend].partition(":")
+    return getattr(import_module(module), name)
 
 
 def simulate(
     server_app: ServerApp, client_app: ClientApp, num_clients: int, sim: SimulationConfig
 ) -> None:
-    """Run one simulation; a ServerApp exception is re-raised (by Flower on Ray)."""
-    if sim.backend == "inprocess":
-        run_in_process(server_app, InProcessGrid(client_app, num_clients))
-        return
-    from flwr.simulation import run_simulation
-
-    quiet_environment()
-    speed_up_engine(sim.pull_interval_s)
-    with warnings.catch_warnings():
-        # flwr 1.42 marks run_simulation deprecated in favour of `flwr run` against a
-        # SuperLink; it remains the programmatic entry point fedlab pins (see the guide).
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", FutureWarning)
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=num_clients,
-            backend_config=backend_config(sim),
-        )
+    """Run one simulation; a ServerApp exception is re-raised."""
+    engine(sim.backend)(server_app, client_app, num_clients, sim)

@@ -1,1 +1,2 @@
-"""Federated learning proper: model, local training, client app, schedule, grid, strategies, server app."""
+"""Federated learning proper: model, local training, client app, schedule, grid, strategies and
+the server app."""

@@ -23,8 +23,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedlab.fl.model import build_model
 from fedlab.data.partition import FederatedData, load_cached
+from fedlab.fl.model import build_model
 from fedlab.fl.training import evaluate, make_optimizer, seed_for, train, train_private
 
 FAIL_KEY = "fedlab-fail"  # set by the server's schedule to inject a client crash

@@ -74,9 +74,13 @@ class _PhaseView:
 class FedlabGrid:
     """Wraps a Flower :class:`Grid` with fedlab's schedule, metering and reply checks."""
 
-    def __init__(self, grid: Grid, scheduler: Scheduler) -> None:
+    def __init__(
+        self, grid: Grid, scheduler: Scheduler, reply_metrics: dict[str, str] | None = None
+    ) -> None:
         self._grid = grid
         self.scheduler = scheduler
+        # reply metric key -> clients.csv column, asked for by the trackers (DP-SGD's steps...)
+        self.reply_metrics = dict(reply_metrics or {})
         self.node_of: dict[int, int] = {}  # partition id -> node id
         self.partition_of: dict[int, int] = {}
         self.tally: RoundTally | None = None
@@ -173,7 +177,7 @@ class FedlabGrid:
                 if problem:
                     row.update(status="failed", error=problem)
                 metrics = next(iter(reply.content.metric_records.values()), {})
-                row.update(_metric_columns(phase, metrics))
+                row.update(_metric_columns(phase, metrics, self.reply_metrics))
             self.tally.rows.append(row)
             if row["status"] == "ok":
                 valid.append((pid, reply))
@@ -228,9 +232,6 @@ _TRAIN_COLUMNS = {
     "train_loss": "train_loss",
     "duration-s": "duration_s",
     "cpu-s": "cpu_s",
-    "dp-noise-multiplier": "dp_noise_multiplier",
-    "dp-sample-rate": "dp_sample_rate",
-    "dp-steps": "dp_steps",
 }
 _EVALUATE_COLUMNS = {
     "num-examples": "num_examples",
@@ -241,6 +242,6 @@ _EVALUATE_COLUMNS = {
 }
 
 
-def _metric_columns(phase: str, metrics: Any) -> dict[str, Any]:
-    columns = _TRAIN_COLUMNS if phase == "train" else _EVALUATE_COLUMNS
+def _metric_columns(phase: str, metrics: Any, extra: dict[str, str]) -> dict[str, Any]:
+    columns = (_TRAIN_COLUMNS if phase == "train" else _EVALUATE_COLUMNS) | extra
     return {col: metrics[key] for key, col in columns.items() if key in metrics}

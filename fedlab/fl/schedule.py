@@ -23,7 +23,7 @@ import numpy as np
 from fedlab.fl.training import seed_for
 
 if TYPE_CHECKING:
-    from fedlab.trackers.devices import Fleet
+    from fedlab.trackers.devices.fleet import Fleet
 
 _SAMPLE, _STRAGGLE, _FAIL, _EVALUATE = range(4)
 

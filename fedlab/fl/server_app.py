@@ -1,4 +1,9 @@
-"""The ServerApp: connect to the clients, run the Flower strategy, record every round."""
+"""The ServerApp: connect to the clients, run the Flower strategy, record every round.
+
+Everything a run measures beyond the model's own metrics (epsilon, energy, device time, and
+whatever a user adds) is a tracker (:mod:`fedlab.trackers.base`): this module only loops over
+them, so adding one never edits it.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +15,17 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from fedlab.record import checkpoint
-from fedlab.trackers.carbon import RunCarbon
-from fedlab.trackers.devices import DeviceLedger
 from fedlab.config.experiment import Experiment
+from fedlab.console import round_line
+from fedlab.data.partition import FederatedData
 from fedlab.fl.grid import FedlabGrid, RoundTally
 from fedlab.fl.model import build_model
-from fedlab.data.partition import FederatedData
-from fedlab.trackers.privacy import PrivacyLedger, central_dp_strategy
-from fedlab.record.run_dir import RunRecord
 from fedlab.fl.strategy import build_strategy
 from fedlab.fl.training import evaluate, seed_for
+from fedlab.record import checkpoint
+from fedlab.record.run_dir import RunRecord
+from fedlab.trackers.base import RoundContext
+from fedlab.trackers.registry import Trackers
 
 log = getLogger("fedlab")
 
@@ -28,11 +33,11 @@ log = getLogger("fedlab")
 class RoundCloser:
     """Flower's ``evaluate_fn``: called once before round 1 and after every round.
 
-    It evaluates the global model on the central test split, writes the round's row and its
-    clients' rows to the record, prints the progress line, and checkpoints the run. In a
-    resumed run Flower counts rounds from 0 again: ``offset`` (the checkpoint's round) turns
-    its count into the run's, and the re-evaluation of the checkpointed model is not
-    recorded twice.
+    It evaluates the global model on the central test split, lets every tracker close the
+    round, writes the round's row and its clients' rows to the record, prints the progress
+    line, and checkpoints the run. In a resumed run Flower counts rounds from 0 again:
+    ``offset`` (the checkpoint's round) turns its count into the run's, and the
+    re-evaluation of the checkpointed model is not recorded twice.
     """
 
     def __init__(
@@ -41,15 +46,12 @@ class RoundCloser:
         fed: FederatedData,
         grid: FedlabGrid,
         record: RunRecord,
-        privacy: PrivacyLedger | None,
-        carbon: RunCarbon | None,
+        trackers: Trackers,
         strategy: Any,
         offset: int = 0,
-        devices: DeviceLedger | None = None,
     ) -> None:
         self.exp, self.fed, self.grid, self.record = exp, fed, grid, record
-        self.privacy, self.carbon, self.strategy = privacy, carbon, strategy
-        self.devices = devices
+        self.trackers, self.strategy = trackers, strategy
         self.offset = offset
         self.model = build_model(exp.cfg.model, fed.input_shape, fed.num_classes)
         self.started = time.perf_counter()
@@ -57,109 +59,56 @@ class RoundCloser:
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         self.model.load_state_dict(arrays.to_torch_state_dict())
         loss, accuracy = evaluate(self.model, self.fed.test)
+        metrics = MetricRecord({"loss": loss, "accuracy": accuracy})
         if self.offset and server_round == 0:  # the checkpointed model, already recorded
-            if self.carbon is not None:
-                self.carbon.start_round(self.offset + 1)
-            return MetricRecord({"loss": loss, "accuracy": accuracy})
+            self.trackers.start_round(self.offset + 1)
+            return metrics
         server_round += self.offset
         tally = self.grid.tally if server_round > 0 else None
         row = round_row(server_round, loss, accuracy, tally, time.perf_counter() - self.started)
-        extra: dict = {}
-        if self.privacy is not None:
-            per_client = self.privacy.after_round(tally.rows) if tally else {}
-            for client_row in tally.rows if tally else []:
-                if client_row["phase"] == "train" and client_row["client"] in per_client:
-                    client_row["epsilon"] = per_client[client_row["client"]]
-            row["epsilon"] = self.privacy.epsilon if tally else 0.0
-            extra["privacy"] = self.privacy.summary()
-        scheduler = self.grid.scheduler
-        if self.devices is not None and tally:
-            columns = self.devices.record_round(
-                server_round,
-                tally.rows,
-                scheduler.round_start_s(server_round),
-                scheduler.phases_s(server_round),
-                len(tally.plan.missed_deadline),
-            )
-            row.update({k: v for k, v in columns.items() if k in DEVICE_ROUND_COLUMNS})
-            extra["devices"] = self.devices.summary()
-        if self.carbon is not None:
-            if tally:
-                columns, per_client = self.carbon.end_round(
-                    server_round, tally.rows, scheduler.round_start_s(server_round)
-                )
-                row.update(columns)
-                for client_row in tally.rows:  # each client's share, on its first row
-                    client_row.update(per_client.pop(client_row["client"], {}))
-                extra["carbon"] = self.carbon.summary()
-            if server_round < self.exp.cfg.num_rounds:
-                self.carbon.start_round(server_round + 1)
+        if tally is None:
+            for tracker in self.trackers:
+                row.update(tracker.initial_columns())
+        else:
+            self.trackers.end_round(RoundContext(server_round, tally, self.grid.scheduler, row))
+        if server_round < self.exp.cfg.num_rounds:
+            self.trackers.start_round(server_round + 1)
         self.record.add_round(row, tally.rows if tally else [])
-        totals = {
-            k: sum(r.get(k) or 0 for r in self.record.rounds) for k in ("bytes_down", "bytes_up")
-        }
         self.record.update(
             rounds_completed=server_round,
             accuracy=accuracy,
             loss=loss,
             federated_accuracy=row["federated_accuracy"],
             federated_loss=row["federated_loss"],
-            communication={"bytes_down": totals["bytes_down"], "bytes_up": totals["bytes_up"]},
-            **extra,
+            communication={
+                key: sum(r.get(key) or 0 for r in self.record.rounds)
+                for key in ("bytes_down", "bytes_up")
+            },
+            **self.trackers.sections(),
         )
+        if tally is None:
+            log.info(round_line(row, self.exp.cfg.num_rounds, ["initial model"]))
+            return metrics
+        self._warn_below_minimum(row)
+        state = self.trackers.state_dict()
+        checkpoint.save(self.record.dir, server_round, arrays, self.strategy, state)
+        trained = f"{row['clients_succeeded']}/{row['clients_trained']} trained"
+        parts = [trained, *self.trackers.console(row)]
+        log.info(round_line(row, self.exp.cfg.num_rounds, parts))
+        return metrics
+
+    def _warn_below_minimum(self, row: dict[str, Any]) -> None:
         minimum = self.exp.cfg.strategy.min_train_clients
-        if tally and row["clients_succeeded"] < minimum:
+        if row["clients_succeeded"] < minimum:
             log.warning(
                 "fedlab: round %d: %d of %d clients succeeded, below strategy.min_train_clients"
                 "=%d%s (see clients.csv for why)",
-                server_round,
+                row["round"],
                 row["clients_succeeded"],
                 row["clients_trained"],
                 minimum,
                 "; the global model was not updated" if not row["clients_succeeded"] else "",
             )
-        if tally:
-            checkpoint.save(
-                self.record.dir,
-                server_round,
-                arrays,
-                self.strategy,
-                {
-                    "privacy": self.privacy.state_dict() if self.privacy else None,
-                    "carbon": self.carbon.state_dict() if self.carbon else None,
-                    "devices": self.devices.state_dict() if self.devices else None,
-                },
-            )
-        clients = (
-            f"{row['clients_succeeded']}/{row['clients_trained']} trained"
-            if tally
-            else "initial model"
-        )
-        if self.privacy is not None and tally:
-            clients += f" | eps {self.privacy.epsilon:.3g}"
-        if self.devices is not None and tally:
-            clients += f" | edge {row['sim_start_s'] + row['sim_duration_s']:.1f} s sim"
-        log.info(
-            "round %3d/%d | acc %.4f | loss %.4f | fed acc %s | %s | %.1f s",
-            server_round,
-            self.exp.cfg.num_rounds,
-            accuracy,
-            loss,
-            _fmt(row["federated_accuracy"]),
-            clients,
-            row["elapsed_s"],
-        )
-        return MetricRecord({"loss": loss, "accuracy": accuracy})
-
-
-#: The device ledger's round columns that go into ``rounds.csv``.
-DEVICE_ROUND_COLUMNS = (
-    "sim_start_s",
-    "sim_duration_s",
-    "clients_missed_deadline",
-    "edge_kwh",
-    "edge_kg",
-)
 
 
 def round_row(
@@ -194,16 +143,13 @@ def round_row(
     }
 
 
-def _fmt(value: float | None) -> str:
-    return "  -   " if value is None else f"{value:.4f}"
-
 
 def run_server(
     grid: Grid,
     exp: Experiment,
     fed: FederatedData,
     record: RunRecord,
-    carbon: RunCarbon | None = None,
+    trackers: Trackers,
     saved: checkpoint.Checkpoint | None = None,
 ) -> None:
     """Run ``exp``'s strategy over ``grid`` and write ``record`` (the ServerApp's body).
@@ -213,22 +159,12 @@ def run_server(
     cfg = exp.cfg
     if hasattr(grid, "pull_interval"):  # Flower's in-memory Grid (simulation)
         grid.pull_interval = cfg.simulation.pull_interval_s
-    fedlab_grid = FedlabGrid(grid, exp.scheduler(fed))
+    fedlab_grid = FedlabGrid(grid, exp.scheduler(fed), trackers.reply_metrics)
     fedlab_grid.connect(cfg.num_clients, cfg.simulation.connect_timeout_s)
     torch.manual_seed(seed_for(cfg.seed, 0))  # the initial global model
     model = build_model(cfg.model, fed.input_shape, fed.num_classes)
     initial = ArrayRecord(model.state_dict())
-    strategy = build_strategy(cfg.strategy)
-    privacy = None
-    if cfg.privacy.mode != "none":
-        per_round = exp.scheduler().trained_per_round()
-        privacy = PrivacyLedger(cfg.privacy, cfg.num_clients, per_round)
-        if cfg.privacy.mode == "central":
-            strategy, _ = central_dp_strategy(strategy, cfg.privacy, per_round, cfg.num_clients)
-            privacy.flower_strategy = strategy
-    devices = None
-    if cfg.devices.enabled:
-        devices = DeviceLedger(exp.fleet(fed), exp.grid_intensity(), cfg.devices.count_idle)
+    strategy = trackers.wrap_strategy(build_strategy(cfg.strategy))
     done = 0
     if saved is not None:
         done = saved.server_round
@@ -236,20 +172,15 @@ def run_server(
         checkpoint.restore_strategy(strategy, saved.strategy, saved.layout)
         scheduled = getattr(strategy, "strategy", strategy)  # inside a DP wrapper, if any
         scheduled.round_offset = done
-        if privacy is not None:
-            privacy.load_state_dict(saved.state["privacy"])
-        if devices is not None:
-            devices.load_state_dict(saved.state["devices"])
+        trackers.load_state_dict(saved.state)
     result = strategy.start(
         grid=fedlab_grid,
         initial_arrays=initial,
         num_rounds=cfg.num_rounds - done,
         timeout=cfg.simulation.round_timeout_s,
-        train_config=exp.train_config(),
+        train_config=exp.train_config(trackers.train_config()),
         evaluate_config=ConfigRecord(),
-        evaluate_fn=RoundCloser(
-            exp, fed, fedlab_grid, record, privacy, carbon, strategy, done, devices
-        ),
+        evaluate_fn=RoundCloser(exp, fed, fedlab_grid, record, trackers, strategy, done),
     )
     final = result.arrays if len(result.arrays) else initial
     record.save_model(final.to_torch_state_dict())
@@ -259,7 +190,7 @@ def build_server_app(
     exp: Experiment,
     fed: FederatedData,
     record: RunRecord,
-    carbon: RunCarbon | None,
+    trackers: Trackers,
     saved: checkpoint.Checkpoint | None = None,
 ) -> ServerApp:
     """A ServerApp running ``exp``'s strategy and writing ``record``."""
@@ -267,6 +198,6 @@ def build_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_server(grid, exp, fed, record, carbon, saved)
+        run_server(grid, exp, fed, record, trackers, saved)
 
     return app

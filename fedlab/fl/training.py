@@ -125,11 +125,11 @@ def train_private(
 
     Every Poisson batch, empty ones included, is one noisy step: that is what the accountant
     counts. FedProx's proximal gradient is added after the noise (see
-    :func:`fedlab.trackers.privacy.make_private_training`).
+    :func:`fedlab.trackers.privacy.dpsgd.make_private_training`).
     """
     from torch.utils.data import DataLoader, TensorDataset
 
-    from fedlab.trackers.privacy import private_training
+    from fedlab.trackers.privacy.dpsgd import private_training
 
     loader = DataLoader(
         TensorDataset(torch.from_numpy(data.x), torch.from_numpy(data.y)), batch_size=batch_size

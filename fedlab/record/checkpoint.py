@@ -3,7 +3,8 @@
 One file, ``checkpoint.safetensors`` in the run directory, rewritten atomically after every
 round: the global model and the strategy's array state (server optimizer moments of
 FedAdam/FedYogi/FedAdagrad, FedAvgM's momentum, ...) as tensors, and the rest (round number,
-privacy accountants, carbon ledger, the DP wrapper's adaptive clipping norm) as JSON in the
+the DP wrapper's adaptive clipping norm, and every tracker's ``state_dict()`` under its name:
+privacy accountants, carbon ledger, device totals, a user's tracker) as JSON in the
 safetensors metadata. safetensors holds only tensors and strings, so loading a checkpoint can
 never execute code (unlike a pickle).
 

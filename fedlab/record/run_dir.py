@@ -21,8 +21,8 @@ import io
 import json
 import math
 import os
-import tempfile
-from collections.abc import Iterator
+import secrets
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +31,9 @@ from typing import Any
 SCHEMA = "fedlab.run/1"
 RESULTS = "results.json"
 
-ROUND_COLUMNS = [
+#: The columns every run has; each configured tracker appends its own
+#: (:attr:`fedlab.trackers.base.Tracker.round_columns` / ``client_columns``).
+ROUND_COLUMNS = (
     "round",
     "central_loss",
     "central_accuracy",
@@ -49,18 +51,8 @@ ROUND_COLUMNS = [
     "bytes_up",
     "duration_s",
     "elapsed_s",
-    "epsilon",
-    "energy_kwh",
-    "emissions_kg",
-    "compute_kg",
-    "communication_kg",
-    "sim_start_s",
-    "sim_duration_s",
-    "clients_missed_deadline",
-    "edge_kwh",
-    "edge_kg",
-]
-CLIENT_COLUMNS = [
+)
+CLIENT_COLUMNS = (
     "round",
     "client",
     "phase",
@@ -76,35 +68,23 @@ CLIENT_COLUMNS = [
     "bytes_down",
     "bytes_up",
     "error",
-    "dp_noise_multiplier",
-    "dp_sample_rate",
-    "dp_steps",
-    "epsilon",
-    "region",
-    "energy_kwh",
-    "emissions_kg",
-    "device",
-    "device_link",
-    "device_flops",
-    "device_compute_s",
-    "device_transfer_s",
-    "device_idle_s",
-    "device_compute_kwh",
-    "device_transfer_kwh",
-    "device_idle_kwh",
-    "device_kwh",
-    "device_kg",
-]
+)
 
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it over ``path`` if the block succeeds."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; results are meant to be shared
+    # Created with mode 0o666 so the umask applies as to any file (mkstemp would make it 0600,
+    # and reading the umask means setting it, which races with other threads).
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}{path.suffix}")
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"no free temporary name next to {path}")
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -124,7 +104,7 @@ def write_json(path: Path, data: Any) -> None:
     write_text(path, json.dumps(_finite(data), indent=2, sort_keys=False) + "\n")
 
 
-def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
+def write_csv(path: Path, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
     """Atomically write ``rows`` with a fixed header (missing values are empty cells)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
@@ -195,8 +175,15 @@ def existing_status(run_dir: Path) -> str | None:
 class RunRecord:
     """Writes one run's directory as the run progresses."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        round_columns: Sequence[str] = ROUND_COLUMNS,
+        client_columns: Sequence[str] = CLIENT_COLUMNS,
+    ) -> None:
         self.dir = run_dir
+        self.round_columns = list(round_columns)
+        self.client_columns = list(client_columns)
         self.results: dict[str, Any] = {}
         self.rounds: list[dict[str, Any]] = []
         self.clients: list[dict[str, Any]] = []
@@ -216,9 +203,15 @@ class RunRecord:
         write_json(self.dir / RESULTS, self.results)
 
     @classmethod
-    def resume(cls, run_dir: Path, upto_round: int) -> RunRecord:
+    def resume(
+        cls,
+        run_dir: Path,
+        upto_round: int,
+        round_columns: Sequence[str] = ROUND_COLUMNS,
+        client_columns: Sequence[str] = CLIENT_COLUMNS,
+    ) -> RunRecord:
         """Reopen a record to continue it after round ``upto_round`` (later rows dropped)."""
-        record = cls(run_dir)
+        record = cls(run_dir, round_columns, client_columns)
         record.results = json.loads((run_dir / RESULTS).read_text())
         record.rounds = [
             r for r in _typed(read_csv(run_dir / "rounds.csv")) if r["round"] <= upto_round
@@ -226,8 +219,8 @@ class RunRecord:
         record.clients = [
             r for r in _typed(read_csv(run_dir / "clients.csv")) if r["round"] <= upto_round
         ]
-        write_csv(run_dir / "rounds.csv", record.rounds, ROUND_COLUMNS)
-        write_csv(run_dir / "clients.csv", record.clients, CLIENT_COLUMNS)
+        write_csv(run_dir / "rounds.csv", record.rounds, record.round_columns)
+        write_csv(run_dir / "clients.csv", record.clients, record.client_columns)
         resumed = [*record.results.get("resumed", []), {"after_round": upto_round, "at": now()}]
         record.update(
             status="running",
@@ -247,8 +240,8 @@ class RunRecord:
         """Append one round to ``rounds.csv`` and its clients to ``clients.csv``."""
         self.rounds.append(row)
         self.clients.extend(client_rows)
-        write_csv(self.dir / "rounds.csv", self.rounds, ROUND_COLUMNS)
-        write_csv(self.dir / "clients.csv", self.clients, CLIENT_COLUMNS)
+        write_csv(self.dir / "rounds.csv", self.rounds, self.round_columns)
+        write_csv(self.dir / "clients.csv", self.clients, self.client_columns)
 
     def finish(self, status: str, error: str | None = None, **fields: Any) -> None:
         """Mark the run ``completed``, ``failed`` or ``interrupted``."""
@@ -261,43 +254,6 @@ class RunRecord:
         tensors = {k: v.detach().contiguous() for k, v in state_dict.items()}
         with atomic_path(self.dir / "model.safetensors") as tmp:
             save_file(tensors, str(tmp))
-
-    def plot_curves(self) -> None:
-        """Save ``curves.png``: centralized and federated accuracy and loss per round."""
-        from matplotlib.figure import Figure
-
-        timed = [
-            (r["sim_start_s"] + r["sim_duration_s"], r["central_accuracy"])
-            for r in self.rounds
-            if r.get("sim_duration_s") is not None
-        ]
-        fig = Figure(figsize=(15 if timed else 10, 3.8))
-        axes = fig.subplots(1, 3 if timed else 2)
-        acc_ax, loss_ax = axes[0], axes[1]
-        for prefix, label in (("central", "centralized"), ("federated", "federated")):
-            points = [
-                (r["round"], r[f"{prefix}_accuracy"], r[f"{prefix}_loss"])
-                for r in self.rounds
-                if r.get(f"{prefix}_accuracy") is not None
-            ]
-            if points:
-                rounds, acc, loss = zip(*points, strict=True)
-                acc_ax.plot(rounds, acc, marker="o", ms=3, label=label)
-                loss_ax.plot(rounds, loss, marker="o", ms=3, label=label)
-        acc_ax.set(xlabel="round", ylabel="accuracy", title="Test accuracy")
-        loss_ax.set(xlabel="round", ylabel="loss", title="Test loss")
-        if timed:  # simulated devices: time to accuracy on the edge clock
-            first = self.rounds[0]
-            start = [(0.0, first["central_accuracy"])] if first["round"] == 0 else []
-            seconds, acc = zip(*(start + timed), strict=True)
-            axes[2].plot(seconds, acc, marker="o", ms=3, label="centralized")
-            axes[2].set(
-                xlabel="simulated device time (s)", ylabel="accuracy", title="Time to accuracy"
-            )
-        for ax in axes:
-            ax.grid(alpha=0.3)
-            ax.legend()
-        save_figure(fig, self.dir / "curves.png")
 
 
 def load_model(path: Path) -> dict[str, Any]:

@@ -13,8 +13,10 @@ name one. A tracker says what it can do by what it declares:
 * ``after``: the trackers whose round results it reads (carbon reads the device clock), so
   they run first;
 * ``objectives``: the numbers it offers ``fedlab-compare`` (:class:`Objective`);
-* hooks with defaults that do nothing: :meth:`start_round`, :meth:`end_round`,
-  :meth:`wrap_strategy`, :meth:`train_config`, :meth:`console`, :meth:`close`;
+* hooks with defaults that do nothing: :meth:`prepare`, :meth:`initial_columns`,
+  :meth:`start_round`, :meth:`end_round`,
+  :meth:`wrap_strategy`, :meth:`train_config`, :meth:`console`, :meth:`final_fragment`,
+  :meth:`final_note`, :meth:`close`;
 * :meth:`summary` (its ``results.json`` section) and :meth:`state_dict` /
   :meth:`load_state_dict` (its part of the checkpoint, as Opacus's accountants do);
 * :meth:`card_section`, the model card's section, written from the record alone.
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -37,6 +40,7 @@ if TYPE_CHECKING:
     from fedlab.fl.grid import RoundTally
     from fedlab.fl.schedule import Scheduler
     from fedlab.record.reader import Run
+    from fedlab.reports.comparison import Comparison
 
 
 @dataclass(frozen=True)
@@ -95,11 +99,21 @@ class Tracker:
     reply_metrics: ClassVar[Mapping[str, str]] = {}
     after: ClassVar[tuple[str, ...]] = ()
     objectives: ClassVar[tuple[Objective, ...]] = ()
+    #: Module holding the report-side functions ``card_section(run)``, ``run_panels(run)`` and
+    #: ``comparison_figures(comparison)`` (any of them), imported only when a report is made:
+    #: so a run never imports plotting code, and a tracker need not repeat the delegation.
+    report_module: ClassVar[str] = ""
 
     @classmethod
     def check(cls, exp: Experiment) -> None:
         """Validate the experiment's settings for this tracker before anything is written
         (raise :class:`fedlab.config.schema.ConfigError` naming the key)."""
+
+    @classmethod
+    def prepare(cls, exp: Experiment, fed: FederatedData) -> list[str]:
+        """Settle data-dependent settings once the data are partitioned, before the record is
+        written (the noise for a target epsilon, say); returns warnings to show the user."""
+        return []
 
     @classmethod
     def build(cls, run: RunContext, **options: Any) -> Tracker | None:
@@ -124,6 +138,10 @@ class Tracker:
         """Entries added to every client's training instructions."""
         return {}
 
+    def initial_columns(self) -> dict[str, Any]:
+        """Columns of round 0's row (the initial model, before any client trained)."""
+        return {}
+
     def start_round(self, server_round: int) -> None:
         """``server_round`` begins (called after the previous round was recorded)."""
 
@@ -133,6 +151,14 @@ class Tracker:
 
     def console(self, row: Mapping[str, Any]) -> str | None:
         """A fragment of the round's progress line (``row`` is its ``rounds.csv`` row)."""
+        return None
+
+    def final_fragment(self, section: Any) -> str | None:
+        """A fragment of the run's closing console line, from its final section."""
+        return None
+
+    def final_note(self, section: Any) -> str | None:
+        """A console line of its own after the closing line (the privacy guarantee, say)."""
         return None
 
     def summary(self) -> Any:
@@ -154,12 +180,59 @@ class Tracker:
     # -- reports (from the record alone) ---------------------------------------------------
 
     @classmethod
+    def _report(cls, function: str, default: Any, *args: Any) -> Any:
+        """Call ``function`` of :attr:`report_module`, or return ``default`` without one."""
+        if not cls.report_module:
+            return default
+        found = getattr(import_module(cls.report_module), function, None)
+        return default if found is None else found(*args)
+
+    @classmethod
     def card_section(cls, run: Run) -> str | None:
         """The model card's section for this tracker (markdown), or None for none."""
-        return None
+        return cls._report("card_section", None, run)
+
+    @classmethod
+    def run_panels(cls, run: Run) -> list[Panel]:
+        """Extra panels of the run's ``curves.png`` (accuracy on the device clock, say)."""
+        return cls._report("run_panels", [], run)
+
+    @classmethod
+    def comparison_figures(cls, comparison: Comparison) -> dict[str, Any]:
+        """``fedlab-compare`` figures of this tracker: file stem -> matplotlib Figure, or a
+        string saying why it was not drawn."""
+        return cls._report("comparison_figures", {}, comparison)
 
 
-def order(trackers: Sequence[Tracker]) -> list[Tracker]:
+class LedgerTracker(Tracker):
+    """A tracker whose numbers live in a ledger object with ``summary()``, ``state_dict()``
+    and ``load_state_dict()`` (as the built-in ones do): the record and the checkpoint get the
+    ledger's."""
+
+    def __init__(self, ledger: Any) -> None:
+        self.ledger = ledger
+
+    def summary(self) -> Any:
+        return self.ledger.summary()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.ledger.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.ledger.load_state_dict(state)
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One panel of a run's curves: named series of (x, y) points."""
+
+    title: str
+    xlabel: str
+    ylabel: str
+    series: tuple[tuple[str, tuple[float, ...], tuple[float, ...]], ...]
+
+
+def order(trackers: Sequence[Any]) -> list[Any]:
     """``trackers`` in an order where each runs after the trackers it declares in ``after``
     (a stable topological sort: otherwise config order). A name not configured is ignored:
     carbon runs without devices too."""

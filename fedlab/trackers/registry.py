@@ -61,6 +61,11 @@ def tracker_specs(trackers: Mapping[str, Any]) -> list[TrackerSpec]:
     return specs
 
 
+def described(specs: list[TrackerSpec]) -> dict[str, str]:
+    """Name -> class path, for ``results.json``: how reports find each tracker again."""
+    return {s.name: f"{s.cls.__module__}.{s.cls.__qualname__}" for s in specs}
+
+
 def columns(base: tuple[str, ...], specs: list[TrackerSpec], kind: str) -> list[str]:
     """``base`` then every tracker's ``round_columns`` or ``client_columns``, each once."""
     out = dict.fromkeys(base)
@@ -97,10 +102,6 @@ class Trackers:
         live = {t.name: t.summary() for t in self.active}
         return {s.name: live.get(s.name, s.cls.inactive_summary(self._exp)) for s in self.specs}
 
-    def described(self) -> dict[str, str]:
-        """Name -> class path for ``results.json``: how reports find each tracker again."""
-        return {s.name: f"{s.cls.__module__}.{s.cls.__qualname__}" for s in self.specs}
-
     def wrap_strategy(self, strategy: Any) -> Any:
         for tracker in self.active:
             strategy = tracker.wrap_strategy(strategy)
@@ -129,7 +130,7 @@ class Trackers:
             tracker.load_state_dict(state[tracker.name])
 
     def close(self) -> dict[str, Any]:
-        """End every tracker (even if one fails to); their final sections."""
+        """End every tracker; their final sections (an inactive one's as when inactive)."""
         final = {s.name: s.cls.inactive_summary(self._exp) for s in self.specs}
         for tracker in self.active:
             final[tracker.name] = tracker.close()
