@@ -26,6 +26,9 @@ from omegaconf import DictConfig
 from fedlab.config.schema import ConfigError, register_configs
 
 PROG = "fedlab-run"
+#: Exit code of a run a tracker stopped on purpose (``budget_exhausted``, ``diverged``): not a
+#: failure of fedlab, not a success of the experiment either.
+STOPPED_EXIT = 3
 REAL_STDERR = sys.stderr
 
 
@@ -71,6 +74,7 @@ def run_hydra_app(hydra_main: Callable[[], Any], prog: str = PROG) -> None:
 def _run(cfg: DictConfig) -> float | None:
     release_stderr()
     from fedlab.console import setup_logging
+    from fedlab.record.lifecycle import RunStopped
     from fedlab.run import RunFailed, run_experiment
 
     setup_logging()
@@ -86,6 +90,8 @@ def _run(cfg: DictConfig) -> float | None:
         fail(str(err), 2)
     except RunFailed as err:
         fail(f"run failed: {err} (record: {run_dir})", 1)
+    except RunStopped as err:  # a tracker ended the run on purpose (budget, divergence)
+        fail(f"run stopped: {err} (record: {run_dir})", STOPPED_EXIT)
     except KeyboardInterrupt:
         _leave_interrupted(run_dir)
     return results["accuracy"]  # the objective Hydra sweepers optimise

@@ -17,7 +17,7 @@ import pytest
 from fedlab.trackers.base import Tracker, order
 
 EXE = Path(sys.executable).parent
-PLUGINS = Path(__file__).resolve().parent / "plugins"
+PLUGINS = Path(__file__).resolve().parent / "plugins"  # importable by fedlab-run via PYTHONPATH
 TRACKER = "+trackers.wallclock._target_=wallclock_tracker.WallClockTracker"
 ARGS = ("simulation=inprocess", "num_clients=4", "num_rounds=4", TRACKER)
 
@@ -90,3 +90,25 @@ def test_order_runs_dependencies_first_and_refuses_cycles() -> None:
     assert [t.name for t in order([a, b, c])] == ["c", "a", "b"]
     with pytest.raises(ValueError, match="depends on itself"):
         order([tracker("x", ("y",)), tracker("y", ("x",))])
+
+
+@pytest.mark.parametrize(("before", "recorded"), [(False, 2), (True, 1)])
+def test_a_tracker_can_stop_the_run_with_its_own_status(
+    tmp_path: Path, before: bool, recorded: int
+) -> None:
+    run_dir = tmp_path / "run"
+    result = _run(
+        "fedlab-run", "simulation=inprocess", "num_clients=3", "num_rounds=4", "carbon=off",
+        "+trackers.stopper._target_=stopping_tracker.StoppingTracker",
+        f"+trackers.stopper.before={str(before).lower()}", f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "fedlab-run: error: run stopped: stop_test"
+    )
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "stop_test" and results["rounds_completed"] == recorded
+    assert results["stopped"]["round"] == recorded
+    assert len(_rows(run_dir / "rounds.csv")) == recorded + 1  # round 0 too
+    assert (run_dir / "model_card.md").exists() and (run_dir / "checkpoint.safetensors").exists()

@@ -24,7 +24,7 @@ from fedlab.fl.strategy import build_strategy
 from fedlab.fl.training import evaluate, seed_for
 from fedlab.record import checkpoint
 from fedlab.record.run_dir import RunRecord
-from fedlab.trackers.base import RoundContext
+from fedlab.trackers.base import RoundContext, StopRun
 from fedlab.trackers.registry import Trackers
 
 log = getLogger("fedlab")
@@ -66,13 +66,15 @@ class RoundCloser:
         server_round += self.offset
         tally = self.grid.tally if server_round > 0 else None
         row = round_row(server_round, loss, accuracy, tally, time.perf_counter() - self.started)
+        stop: StopRun | None = None
         if tally is None:
             for tracker in self.trackers:
                 row.update(tracker.initial_columns())
         else:
-            self.trackers.end_round(RoundContext(server_round, tally, self.grid.scheduler, row))
-        if server_round < self.exp.cfg.num_rounds:
-            self.trackers.start_round(server_round + 1)
+            try:
+                self.trackers.end_round(RoundContext(server_round, tally, self.grid.scheduler, row))
+            except StopRun as err:  # the round happened: record it, then stop
+                stop = err
         self.record.add_round(row, tally.rows if tally else [])
         self.record.update(
             rounds_completed=server_round,
@@ -88,13 +90,23 @@ class RoundCloser:
         )
         if tally is None:
             log.info(round_line(row, self.exp.cfg.num_rounds, ["initial model"]))
-            return metrics
-        self._warn_below_minimum(row)
-        state = self.trackers.state_dict()
-        checkpoint.save(self.record.dir, server_round, arrays, self.strategy, state)
-        trained = f"{row['clients_succeeded']}/{row['clients_trained']} trained"
-        parts = [trained, *self.trackers.console(row)]
-        log.info(round_line(row, self.exp.cfg.num_rounds, parts))
+        else:
+            self._warn_below_minimum(row)
+            state = self.trackers.state_dict()
+            checkpoint.save(self.record.dir, server_round, arrays, self.strategy, state)
+            trained = f"{row['clients_succeeded']}/{row['clients_trained']} trained"
+            parts = [trained, *self.trackers.console(row)]
+            log.info(round_line(row, self.exp.cfg.num_rounds, parts))
+        if stop is None and server_round < self.exp.cfg.num_rounds:
+            try:
+                self.trackers.start_round(server_round + 1)
+            except StopRun as err:  # before the next round trains
+                stop = err
+        if stop is not None:
+            self.record.update(
+                stopped={"status": stop.status, "reason": stop.reason, "round": server_round}
+            )
+            raise stop
         return metrics
 
     def _warn_below_minimum(self, row: dict[str, Any]) -> None:

@@ -24,6 +24,16 @@ class RunFailed(RuntimeError):
     """The run started but did not complete; its record says ``failed`` and why."""
 
 
+class RunStopped(Exception):
+    """A tracker ended the run early on purpose; the record's status says why (for example
+    ``budget_exhausted`` or ``diverged``) and ``stopped`` holds the reason and round."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(f"{status}: {reason}")
+        self.status = status
+        self.reason = reason
+
+
 def error_line(err: BaseException) -> str:
     """An exception as one line for the record and the console (type and last line)."""
     text = str(err).strip().splitlines()
@@ -74,7 +84,9 @@ def supervise(
     (it runs before the status is written, so a reader never sees ``completed`` with
     sections still missing); ``finished()`` runs after it is written (reports made from the
     record, such as the model card). ``KeyboardInterrupt`` marks the record ``interrupted`` and goes
-    on; any other exception marks it ``failed`` and becomes :class:`RunFailed`.
+    on; a tracker's ``StopRun`` (whatever engine carried it, so it is read from the record's
+    ``stopped`` field) gives the record that status and becomes :class:`RunStopped`; any other
+    exception marks it ``failed`` and becomes :class:`RunFailed`.
     """
     started = time.perf_counter()
 
@@ -90,6 +102,10 @@ def supervise(
         close("interrupted")
         raise
     except Exception as err:
+        stopped = record.results.get("stopped")
+        if stopped:  # a tracker ended the run on purpose (fedlab.trackers.base.StopRun)
+            close(stopped["status"], stopped["reason"])
+            raise RunStopped(stopped["status"], stopped["reason"]) from None
         close("failed", error_line(err))
         raise RunFailed(error_line(err)) from err
     close("completed")

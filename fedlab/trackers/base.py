@@ -43,6 +43,22 @@ if TYPE_CHECKING:
     from fedlab.reports.comparison import Comparison
 
 
+class StopRun(Exception):
+    """Raised by a tracker's hook to end the run early with a status of its own.
+
+    A privacy budget about to be exceeded ends the run as ``budget_exhausted``, a diverging loss
+    as ``diverged``: the record keeps every round completed so far, the checkpoint of the last
+    one, and says why in ``stopped`` (status, reason, round). Raise it from
+    :meth:`Tracker.end_round` (after a round, which is then recorded) or
+    :meth:`Tracker.start_round` (before the next round trains).
+    """
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(f"{status}: {reason}")
+        self.status = status
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class Objective:
     """A number a tracker offers ``fedlab-compare``: where it lives in ``results.json``.
