@@ -1,10 +1,13 @@
 """Multi-objective search: maximize accuracy, minimize kgCO2e, with Optuna's NSGA-II.
 
 Each trial runs ``fedlab-run`` as a subprocess with the trial's overrides into
-``<sweep dir>/<trial number>/`` and reads ``accuracy`` and ``carbon.emissions_kg`` from the
-run's ``results.json``; the sweep directory is then an ordinary folder of run records, so
-``fedlab-compare <sweep dir>`` (run at the end) reports the Pareto set with every other
-number of the runs. Why a script and not Hydra's Optuna sweeper: docs/compare.md.
+``<sweep dir>/<trial number>/`` and reads the ``--objectives`` (default ``accuracy`` and
+``emissions_kg``) from the run's record with :mod:`fedlab.reports.objectives`, in the
+directions ``fedlab-compare`` ranks them by; the sweep directory is then an ordinary
+folder of run records, so ``fedlab-compare <sweep dir>`` (run at the end) reports the
+Pareto set with every other number of the runs. Why a script and not Hydra's Optuna
+sweeper (hydra-optuna-sweeper 1.3.0 needs optuna 2.10, whose study storage fails with
+SQLAlchemy 2): docs/compare.md.
 
     pip install "optuna>=4,<6"      # not a fedlab dependency; tested with optuna 5.0.0
     python experiments/optuna_pareto.py --sweep-dir multirun/pareto --trials 20 \\
@@ -19,7 +22,6 @@ every core through Ray. Edit :func:`search_space` to search other knobs.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -27,7 +29,9 @@ from pathlib import Path
 
 import optuna
 
+from fedlab.record.reader import ReadError
 from fedlab.reports import compare
+from fedlab.reports.objectives import directions, objective_values
 
 
 class TrialFailed(RuntimeError):
@@ -50,30 +54,18 @@ def search_space(trial: optuna.Trial) -> list[str]:
     ]
 
 
-def run_trial(fedlab_run: str, run_dir: Path, overrides: list[str]) -> dict:
-    """Run one fedlab experiment into ``run_dir``; its ``results.json`` if it completed."""
+def run_trial(fedlab_run: str, run_dir: Path, overrides: list[str], names: list[str]) -> list:
+    """Run one fedlab experiment into ``run_dir``; the values of ``names`` if it completed
+    and recorded them (else :class:`TrialFailed`)."""
     command = [fedlab_run, *overrides, f"hydra.run.dir={run_dir}"]
     print(f"\n[optuna_pareto] {' '.join(command)}", flush=True)
     code = subprocess.run(command, check=False).returncode
+    if not (run_dir / "results.json").is_file():
+        raise TrialFailed(f"fedlab-run exited with status {code} and wrote no record")
     try:
-        results = json.loads((run_dir / "results.json").read_text())
-    except (OSError, ValueError):
-        raise TrialFailed(f"fedlab-run exited with status {code} and wrote no record") from None
-    if code != 0 or results.get("status") != "completed":
-        raise TrialFailed(f"run {results.get('status')}: {results.get('error')} ({run_dir})")
-    return results
-
-
-def objective_values(results: dict) -> tuple[float, float]:
-    """(accuracy, kgCO2e) of a completed run; SystemExit if carbon was not tracked, since
-    then no trial can be ranked and the search would only burn energy."""
-    emissions = (results.get("carbon") or {}).get("emissions_kg")
-    if emissions is None:
-        sys.exit(
-            "optuna_pareto: results.json has no carbon.emissions_kg: pass the override that "
-            "turns carbon tracking on after '--'"
-        )
-    return float(results["accuracy"]), float(emissions)
+        return objective_values(run_dir, names)
+    except (ValueError, ReadError) as err:
+        raise TrialFailed(str(err)) from None
 
 
 def main() -> None:
@@ -83,8 +75,18 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=20, help="trials to add to the study")
     parser.add_argument("--seed", type=int, default=0, help="seed of the NSGA-II sampler")
     parser.add_argument("--population", type=int, default=10, help="NSGA-II population size")
+    parser.add_argument(
+        "--objectives",
+        default="accuracy,emissions_kg",
+        help="comma-separated fedlab-compare metrics (comparison.csv columns) to optimise",
+    )
     parser.add_argument("fixed", nargs="*", help="overrides for every trial (after --)")
     args = parser.parse_args()
+    names = [n.strip() for n in args.objectives.split(",") if n.strip()]
+    try:
+        study_directions = directions(names)
+    except ValueError as err:
+        sys.exit(f"optuna_pareto: --objectives: {err}")
     fedlab_run = shutil.which("fedlab-run")
     if fedlab_run is None:
         sys.exit("optuna_pareto: fedlab-run is not on PATH (activate fedlab's environment)")
@@ -94,14 +96,14 @@ def main() -> None:
         study_name="fedlab-pareto",
         storage=f"sqlite:///{sweep / 'study.db'}",
         load_if_exists=True,
-        directions=["maximize", "minimize"],
+        directions=study_directions,
         sampler=optuna.samplers.NSGAIISampler(population_size=args.population, seed=args.seed),
     )
 
-    def objective(trial: optuna.Trial) -> tuple[float, float]:
+    def objective(trial: optuna.Trial) -> list:
         run_dir = sweep / str(trial.number)
         trial.set_user_attr("run_dir", str(run_dir))
-        return objective_values(run_trial(fedlab_run, run_dir, [*args.fixed, *search_space(trial)]))
+        return run_trial(fedlab_run, run_dir, [*args.fixed, *search_space(trial)], names)
 
     study.optimize(objective, n_trials=args.trials, catch=(TrialFailed,))
     print(f"\n[optuna_pareto] Pareto set by Optuna: trials {[t.number for t in study.best_trials]}")

@@ -189,7 +189,7 @@ def test_a_user_tracker_is_compared_carded_and_plotted(tmp_path: Path, capsys) -
     assert float(read_csv(out / "comparison.csv")[1]["local_steps"]) == 60
     for name in ("pareto_steps.png", "steps_per_round.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG", name
-    assert "steps (pareto steps)" in (out / "comparison.md").read_text()
+    assert "pareto steps: maximize accuracy, minimize steps" in (out / "comparison.md").read_text()
 
     card = write_model_card(root / "1").read_text()
     assert "## Local steps\n\n60 steps in all." in card

@@ -272,3 +272,13 @@ def load_runs(paths: Sequence[Path]) -> list[Run]:
     for run in runs:
         run.label = str(run.path.relative_to(common))
     return runs
+
+
+def distinguishing_overrides(runs: Sequence[Run], *, seed: bool = True) -> list[str]:
+    """Per run, the overrides it was started with that not every one of ``runs`` shares
+    (Hydra's own left out, and the seed unless ``seed``): what tells a run of a sweep apart
+    in a user's words (``strategy=fedprox seed=1``) where its label is a job number."""
+    skip = ("hydra.",) if seed else ("hydra.", "seed=")
+    typed = [[o for o in r.results.get("overrides") or [] if not o.startswith(skip)] for r in runs]
+    shared = set.intersection(*(set(t) for t in typed)) if typed else set()
+    return [" ".join(o for o in t if o not in shared) for t in typed]

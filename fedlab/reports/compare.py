@@ -20,14 +20,30 @@ figures in :mod:`~fedlab.reports.plots`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from fedlab.record.reader import EXPERIMENT_PREFIX, ReadError, Run, cell, flatten, load_runs, number
+from fedlab.record.reader import (
+    EXPERIMENT_PREFIX,
+    ReadError,
+    Run,
+    cell,
+    flatten,
+    load_runs,
+    number,
+)
 from fedlab.record.run_dir import RESULTS, write_csv, write_text
 from fedlab.reports.comparison import Comparison
+from fedlab.reports.groups import (
+    differing_keys,
+    group_runs,
+    honesty_notes,
+    inherit_fronts,
+    seed_group_keys,
+)
 from fedlab.reports.metrics import (
     TARGETS,
     Row,
@@ -38,7 +54,6 @@ from fedlab.reports.metrics import (
     tracker_union,
 )
 from fedlab.reports.table import Table, build_table, display_key, group_csv_rows, run_csv_rows
-from fedlab.trackers.base import Objective
 
 __all__ = [  # pareto_front and Comparison are documented here too (docs/compare.md)
     "CompareError",
@@ -100,31 +115,10 @@ def matches(value: Any, wanted: str) -> bool:
     return cell(value) == wanted
 
 
-def differing_keys(runs: Sequence[Run]) -> list[str]:
-    """Config keys whose value is not the same in every run (absent counts as a value), in
-    config order: the knobs the comparison is about."""
-    keys: dict[str, None] = {}
-    for run in runs:
-        keys.update(dict.fromkeys(run.config))
-    missing = object()
-    return [k for k in keys if len({cell(r.config.get(k, missing)) for r in runs}) > 1]
-
-
-def group_runs(runs: Sequence[Run], by: Sequence[str], metrics: Sequence[Objective]) -> list[Row]:
-    """One row per distinct combination of the ``by`` values, in order of first appearance."""
-    groups: dict[tuple[str, ...], list[Run]] = {}
-    for run in runs:
-        groups.setdefault(tuple(cell(run.value(k)) for k in by), []).append(run)
-    rows = []
-    for values, members in groups.items():
-        label = (
-            (values[0] or "-")
-            if len(by) == 1
-            else ", ".join(f"{display_key(k)}={v}" for k, v in zip(by, values, strict=True))
-        )
-        keys = {k: members[0].value(k) for k in by}
-        rows.append(Row.of(label, members, keys, metrics, group=True))
-    return rows
+def sweep_name(runs: Sequence[Run]) -> str:
+    """The folder compared, by its last two parts (``12-00-00`` alone says little)."""
+    common = Path(os.path.commonpath([r.path for r in runs]))
+    return "/".join(common.parts[-2:])
 
 
 def compare(
@@ -136,9 +130,10 @@ def compare(
     """Load, filter, group and rank the runs under ``paths``; raises :class:`CompareError`
     or :class:`~fedlab.record.reader.ReadError`.
 
-    The metrics and fronts are those of the trackers of the runs that pass the filters (each
-    tracker once, in the order the runs name them), so a user's tracker is compared like the
-    built-ins.
+    Without ``by``, runs that differ only in seed are grouped (their mean and confidence
+    interval are what a front can be judged on). The metrics and fronts are those of the
+    trackers of the runs that pass the filters (each tracker once, in the order the runs
+    name them), so a user's tracker is compared like the built-ins.
     """
     if metric not in TARGETS:
         raise CompareError(f"unknown --metric '{metric}': choose from {', '.join(TARGETS)}")
@@ -161,10 +156,15 @@ def compare(
     if incomplete:
         listed = ", ".join(f"{r.label} ({r.status})" for r in incomplete)
         notes.append(f"{len(incomplete)} incomplete run(s), not in fronts or means: {listed}")
+    seed_keys = None if by_keys else seed_group_keys(runs, keys)
+    if seed_keys is not None:
+        by_keys = seed_keys
+        notes.append("runs that differ only in seed are grouped (--by KEY groups otherwise)")
     rows = run_rows
-    if by_keys:
-        rows = group_runs(runs, by_keys, metrics)
+    if by_keys or seed_keys is not None:
+        rows = group_runs(runs, by_keys, metrics, seeds=seed_keys is not None)
         mark_fronts(rows, metric, fronts)
+        inherit_fronts(rows, run_rows)
         varying = [
             k
             for k in keys
@@ -172,7 +172,21 @@ def compare(
         ]
         if varying:
             notes.append(f"within groups, runs differ in: {', '.join(varying)} (averaged over)")
-    return Comparison(runs, rows, by_keys, metric, run_rows, notes, trackers, metrics, fronts)
+    result = Comparison(
+        runs,
+        rows,
+        [] if seed_keys is not None else by_keys,
+        metric,
+        run_rows,
+        notes,
+        trackers,
+        metrics,
+        fronts,
+        sweep_name(runs),
+        seed_keys is not None,
+    )
+    notes.extend(honesty_notes(result))
+    return result
 
 
 def default_out(paths: Sequence[Path]) -> Path:
@@ -205,26 +219,24 @@ def write_outputs(result: Comparison, out: Path) -> list[str]:
 
 
 def tables(result: Comparison) -> list[tuple[str, Table]]:
-    """The tables to show: the main one, and with ``--by`` the runs behind the groups."""
+    """The tables to show: the main one, and when rows are groups the runs behind them."""
     keys = list(result.run_rows[0].keys)
     columns = (result.metrics, result.fronts)
-    main = build_table(result.rows, result.by if result.grouped else keys, result.grouped, *columns)
     if not result.grouped:
-        return [("Runs", main)]
+        return [("Runs", build_table(result.rows, keys, False, *columns))]
+    main = build_table(result.rows, result.by, True, *columns, labelled=result.seed_grouped)
     return [("Groups", main), ("Runs", build_table(result.run_rows, keys, False, *columns))]
 
 
 def markdown_report(result: Comparison) -> str:
-    """``comparison.md``: the tables, the notes and how to read them."""
+    """``comparison.md``: the tables, the notes (statistics, warnings, what each front
+    trades) and how to read the markers."""
     sections = ["# fedlab comparison", ""]
-    costs = [f"{f.label} (pareto {f.name})" for f in result.fronts]
-    if costs:
-        listed = ", ".join(costs[:-1]) + (" or " if len(costs) > 1 else "") + costs[-1]
-        goal = "maximize" if TARGETS[result.metric][0] else "minimize"
+    if result.fronts:
         sections.append(
-            f"{len(result.runs)} run(s). Pareto fronts: {goal} {result.metric}, minimize "
-            f"{listed}; `*` on the front, `-` not compared (incomplete, or the value was not "
-            "recorded)."
+            f"{len(result.runs)} run(s) in {result.name}. Fronts: `*` on the front, `~` on it "
+            "but indistinguishable from another row on it, empty if dominated, `-` not "
+            "compared (incomplete, or the value was not recorded)."
         )
     else:
         sections.append(f"{len(result.runs)} run(s). No tracker of these runs offers a front.")

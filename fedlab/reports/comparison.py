@@ -32,11 +32,13 @@ class Comparison:
     trackers: list[type[Tracker]] = field(default_factory=list)  # of the runs, each once
     metrics: list[Objective] = field(default_factory=list)  # columns of comparison.csv
     fronts: list[Front] = field(default_factory=list)
+    name: str = ""  # the sweep or run compared (its folder), for the figures' titles
+    seed_grouped: bool = False  # rows are the runs that differ only in seed (no --by)
 
     @property
     def grouped(self) -> bool:
-        """Whether ``--by`` was given."""
-        return bool(self.by)
+        """Whether the rows are groups of runs (``--by``, or runs differing only in seed)."""
+        return bool(self.by) or self.seed_grouped
 
     @property
     def metric_column(self) -> str:

@@ -22,6 +22,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from fedlab.record.reader import distinguishing_overrides
+
 if TYPE_CHECKING:
     from fedlab.record.reader import Run
     from fedlab.reports.comparison import Comparison
@@ -60,7 +62,20 @@ class Figures:
         rows = comparison.rows
         palette = colors(len(rows))
         self._by_run = {id(run): palette[i] for i, row in enumerate(rows) for run in row.runs}
-        self._entries = [(row.label, palette[i]) for i, row in enumerate(rows)]
+        self.names = self._names()
+        self._entries = list(zip(self.names, palette, strict=True))
+
+    def _names(self) -> list[str]:
+        """Per row, how a figure names it: a group's label; a run's label with the overrides
+        that tell it from the others, when it is a bare job number of a multirun."""
+        rows = self.comparison.rows
+        if self.comparison.grouped:
+            return [row.label for row in rows]
+        typed = distinguishing_overrides([row.runs[0] for row in rows])
+        return [
+            f"{row.label}: {words}" if words and row.label.isdigit() else row.label
+            for row, words in zip(rows, typed, strict=True)
+        ]
 
     @staticmethod
     def colors(n: int) -> list[Any]:
@@ -77,25 +92,66 @@ class Figures:
         ``runs`` (those drawn) is incomplete."""
         legend(ax, self._entries, dashed=any(not run.completed for run in runs))
 
+    def title(self, what: str) -> str:
+        """A figure title naming what is drawn and the sweep or run it is drawn from."""
+        name = self.comparison.name
+        return f"{what}: {name}" if name else what
+
     def per_round(self, column: str, ylabel: str, *, cumulative: bool) -> Figure | str:
-        """``column`` of ``rounds.csv`` per round for every run (incomplete runs dashed), with
-        a second panel of the running total when ``cumulative``; the reason when no run has
-        the column."""
-        series = [(run, *run.round_values(column)) for run in self.comparison.runs]
-        series = [(run, rounds, values) for run, rounds, values in series if rounds]
-        if not series:
-            return f"no run has {column} in rounds.csv"
+        """``column`` of ``rounds.csv`` per round, with a second panel of the running total
+        when ``cumulative``; the reason when no run has the column.
+
+        One line per row of the comparison: a run's own values, or for a group the mean of
+        its completed runs at each round with a band from their minimum to their maximum
+        (a band of n = 2 or 3 seeds' t-interval would be mostly the t quantile); a group's
+        incomplete runs are drawn dashed, on their own.
+        """
+        drawn: list[Run] = []
         fig = Figure(figsize=(11, 4.2) if cumulative else (7, 4.5))
         axes = fig.subplots(1, 2) if cumulative else [fig.add_subplot()]
-        for run, rounds, values in series:
-            self.line(axes[0], run, rounds, values)
+        for row in self.comparison.rows:
+            series = [(run, *run.round_values(column)) for run in row.runs]
+            series = [(run, rounds, values) for run, rounds, values in series if rounds]
+            done = [s for s in series if s[0].completed] if row.group else []
+            for run, rounds, values in series if len(done) < 2 else []:
+                drawn.append(run)
+                self.line(axes[0], run, rounds, values)
+                if cumulative:
+                    self.line(axes[1], run, rounds, list(accumulate(values)))
+            if len(done) < 2:
+                continue
+            drawn += [run for run, _, _ in series]
+            for run, rounds, values in series:
+                if not run.completed:
+                    self.line(axes[0], run, rounds, values)
+            self.band(axes[0], done, cumulative=False)
             if cumulative:
-                self.line(axes[1], run, rounds, list(accumulate(values)))
-        axes[0].set(xlabel="round", ylabel=ylabel, title=f"{ylabel} per round")
+                self.band(axes[1], done, cumulative=True)
+        if not drawn:
+            return f"no run has {column} in rounds.csv"
+        banded = any(row.group and row.n > 1 for row in self.comparison.rows)
+        what = f"{ylabel} per round" + (" (mean, band: min-max over seeds)" if banded else "")
+        axes[0].set(xlabel="round", ylabel=ylabel, title=self.title(what))
         if cumulative:
             axes[1].set(xlabel="round", ylabel=f"{ylabel}, cumulative", title="running total")
         for ax in axes:
             ax.grid(alpha=0.3)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        self.legend(axes[-1], [run for run, _, _ in series])
+        self.legend(axes[-1], drawn)
         return fig
+
+    def band(
+        self, ax: Axes, series: Sequence[tuple[Run, list[int], list[float]]], *, cumulative: bool
+    ) -> None:
+        """A group's mean line and min-max band over the rounds all of ``series`` have."""
+        by_round: dict[int, list[float]] = {}
+        for _, rounds, values in series:
+            totals = list(accumulate(values)) if cumulative else values
+            for r, v in zip(rounds, totals, strict=True):
+                by_round.setdefault(r, []).append(v)
+        rounds = sorted(r for r, vs in by_round.items() if len(vs) == len(series))
+        color = self._by_run[id(series[0][0])]
+        means = [sum(by_round[r]) / len(series) for r in rounds]
+        ax.plot(rounds, means, color=color, marker="o", ms=2.5, lw=1.5)
+        lows, highs = [min(by_round[r]) for r in rounds], [max(by_round[r]) for r in rounds]
+        ax.fill_between(rounds, lows, highs, color=color, alpha=0.2, lw=0)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedlab.record.reader import Run, number
+from fedlab.reports.stats import ci_halfwidth, significantly_better
 from fedlab.trackers.base import Objective, Tracker
 
 # --------------------------------------------------------------------------------------
@@ -166,6 +167,7 @@ class Front:
     axis: str  # axis label of the cost
     label: str  # how the cost is named in the table's header
     optional: bool = False  # in the printed table only when some run records the cost
+    measured: bool = False  # the cost is a noisy measurement (host energy), not a model
 
 
 def fronts_for(metrics: Sequence[Objective]) -> list[Front]:
@@ -182,7 +184,8 @@ def fronts_for(metrics: Sequence[Objective]) -> list[Front]:
             first.setdefault(metric.front, metric)
     ordered = sorted(first.values(), key=lambda m: not m.measured)  # stable: tracker order
     return [
-        Front(m.front, m.name, m.axis or m.name, m.header or m.name, m.optional) for m in ordered
+        Front(m.front, m.name, m.axis or m.name, m.header or m.name, m.optional, m.measured)
+        for m in ordered
     ]
 
 
@@ -193,16 +196,22 @@ def fronts_for(metrics: Sequence[Objective]) -> list[Front]:
 
 @dataclass
 class Row:
-    """One line of the comparison: a run, or a group of runs summarised by mean and std."""
+    """One line of the comparison: a run, or a group of runs summarised by mean, sample std
+    and the half-width of the Student-t 95 % confidence interval of the mean
+    (:mod:`fedlab.reports.stats`)."""
 
     label: str
     runs: list[Run]
     keys: dict[str, Any]  # the differing config values, or the --by values
     mean: dict[str, float | None] = field(default_factory=dict)
     std: dict[str, float | None] = field(default_factory=dict)
+    ci: dict[str, float | None] = field(default_factory=dict)  # 95 % CI half-width
+    count: dict[str, int] = field(default_factory=dict)  # runs behind each mean
     group: bool = False
     n: int = 0  # completed runs behind the numbers
     fronts: dict[str, bool | None] = field(default_factory=dict)
+    #: Per front: labels of the other rows on it that this one cannot be told apart from.
+    ties: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def of(
@@ -223,7 +232,15 @@ class Row:
             values = [v for v in (metric_value(metric, r) for r in used) if v is not None]
             row.mean[metric.name] = statistics.fmean(values) if values else None
             row.std[metric.name] = statistics.stdev(values) if len(values) > 1 else None
+            row.ci[metric.name] = ci_halfwidth(values)
+            row.count[metric.name] = len(values)
         return row
+
+    def estimate(self, name: str) -> tuple[float, float | None, int]:
+        """(mean, std, n) of metric ``name``, for a significance test (mean must exist)."""
+        mean = self.mean[name]
+        assert mean is not None
+        return mean, self.std[name], self.count.get(name, 1)
 
     @property
     def eligible(self) -> bool:
@@ -241,20 +258,54 @@ class Row:
         return ", ".join(f"{n} {status}" for status, n in counts.items())
 
 
+def beats(a: Row, b: Row, objectives: Sequence[tuple[str, bool]]) -> bool:
+    """Whether ``a`` dominates ``b`` on ``objectives`` ((metric name, maximize) pairs).
+
+    With two or more runs behind both rows on every objective: ``a`` is significantly better
+    on *every* objective (Welch t-test, :mod:`fedlab.reports.stats`), so a difference within
+    the seeds' noise never knocks a group off a front. Otherwise (a single run on a side, no
+    spread to test against): the plain Pareto rule on the values, at least as good on all
+    and better on one, as :func:`pareto_front` decides.
+    """
+    tests = [significantly_better(a.estimate(k), b.estimate(k), up) for k, up in objectives]
+    if all(t is not None for t in tests):
+        return all(tests)
+    points = [[a.mean[k] for k, _ in objectives], [b.mean[k] for k, _ in objectives]]
+    return not pareto_front(points, [up for _, up in objectives])[1]
+
+
+def indistinguishable(a: Row, b: Row, objectives: Sequence[tuple[str, bool]]) -> bool:
+    """Whether neither row is significantly better than the other on any objective (both
+    tested, so each needs two or more runs)."""
+    for k, up in objectives:
+        ahead = significantly_better(a.estimate(k), b.estimate(k), up)
+        behind = significantly_better(b.estimate(k), a.estimate(k), up)
+        if ahead is None or behind is None or ahead or behind:
+            return False
+    return True
+
+
 def mark_fronts(rows: Sequence[Row], metric: str, fronts: Sequence[Front]) -> None:
     """Set ``row.fronts`` for every front: True/False among eligible rows with both values,
-    None for the rest (they were not compared, which is not the same as dominated)."""
+    None for the rest (they were not compared, which is not the same as dominated); and
+    ``row.ties``: the rows on the same front it is indistinguishable from."""
     maximize = TARGETS[metric][0]
     for front in fronts:
+        objectives = [(metric, maximize), (front.cost, False)]
         candidates = [
-            (row, y, x)
+            row
             for row in rows
-            if row.eligible
-            and (y := row.mean[metric]) is not None
-            and (x := row.mean[front.cost]) is not None
+            if row.eligible and all(row.mean[k] is not None for k, _ in objectives)
         ]
-        flags = pareto_front([(y, x) for _, y, x in candidates], maximize=(maximize, False))
         for row in rows:
             row.fronts[front.name] = None
-        for (row, _, _), flag in zip(candidates, flags, strict=True):
-            row.fronts[front.name] = flag
+            row.ties[front.name] = []
+        for row in candidates:
+            row.fronts[front.name] = not any(
+                beats(other, row, objectives) for other in candidates if other is not row
+            )
+        on_front = [row for row in candidates if row.fronts[front.name]]
+        for row in on_front:
+            row.ties[front.name] = [
+                o.label for o in on_front if o is not row and indistinguishable(row, o, objectives)
+            ]

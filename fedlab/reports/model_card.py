@@ -171,7 +171,7 @@ def _metrics(run: Run) -> str:
         [
             "## Metrics",
             "",
-            "| evaluation | accuracy | loss |",
+            "| evaluation | accuracy (fraction correct) | loss (mean cross-entropy, nats) |",
             "| --- | ---: | ---: |",
             f"| centralized (server's test split) | {shown(r.get('accuracy'))} | "
             f"{shown(r.get('loss'))} |",
@@ -246,7 +246,7 @@ def _fairness(clients: Sequence[dict[str, str]]) -> str:
             f"Local test accuracy of the {f.clients} clients evaluated in round {f.round}, "
             "each client counted once:",
             "",
-            "| mean | std | min | max | worst 10% mean |",
+            "| mean (fraction) | std | min | max | worst 10% mean |",
             "| ---: | ---: | ---: | ---: | ---: |",
             f"| {f.mean:.4f} | {f.std:.4f} | {f.min:.4f} | {f.max:.4f} | {f.worst_mean:.4f} "
             f"({f.worst_count} client{'s' if f.worst_count > 1 else ''}) |",

@@ -65,7 +65,8 @@ def write_plots(result: Comparison, out: Path) -> tuple[list[str], list[tuple[st
 
 
 def pareto_points(result: Comparison, front: Front) -> list[Point]:
-    """The rows compared on ``front`` (means, and std with ``--by``)."""
+    """The rows compared on ``front``: values, or a group's means with the half-widths of
+    their Student-t 95 % confidence intervals."""
     points = []
     for row in result.rows:
         on_front = row.fronts[front.name]
@@ -73,7 +74,8 @@ def pareto_points(result: Comparison, front: Front) -> list[Point]:
             continue
         x, y = row.mean[front.cost], row.mean[result.metric]
         assert x is not None and y is not None  # metrics.mark_fronts compared only these
-        points.append(Point(row.label, x, y, row.std[front.cost], row.std[result.metric], on_front))
+        xerr, yerr = row.ci[front.cost], row.ci[result.metric]
+        points.append(Point(row.label, x, y, xerr, yerr, on_front))
     return points
 
 
@@ -119,12 +121,14 @@ def pareto_figure(result: Comparison, front: Front) -> Figure | str:
     positive = [p.x for p in points if p.x > 0]
     if len(positive) == len(points) and max(positive) / min(positive) > LOG_SPAN:
         ax.set_xscale("log")
-    what = "groups (mean ± std)" if result.grouped else "runs"
+    what = "groups (mean ± 95% CI)" if result.grouped else "runs"
     ax.set(
         xlabel=front.axis,
         ylabel=result.metric,
-        title=f"{result.metric} vs {front.name}: {sum(p.on_front for p in points)} of "
-        f"{len(points)} {what} on the front",
+        title=result.figures.title(
+            f"{result.metric} vs {front.name}, {sum(p.on_front for p in points)} of "
+            f"{len(points)} {what} on the front"
+        ),
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")

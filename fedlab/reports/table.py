@@ -53,19 +53,32 @@ class Table:
         return "\n".join([line(self.headers), line(align), *(line(r) for r in self.rows)])
 
 
+def marker(row: Row, front: str) -> str:
+    """A row's cell in a front's column: ``*`` on the front, ``~`` on it but
+    indistinguishable from another row on it, empty if dominated, ``-`` not compared."""
+    flag = row.fronts[front]
+    if flag is None:
+        return "-"
+    return ("~" if row.ties.get(front) else "*") if flag else ""
+
+
 def build_table(
     rows: Sequence[Row],
     key_names: Sequence[str],
     grouped: bool,
     metrics: Sequence[Objective],
     fronts: Sequence[Front],
+    *,
+    labelled: bool | None = None,
 ) -> Table:
-    """The comparison table: run label (groups are named by their key columns), keys, [n],
-    the table metrics, status, front markers.
+    """The comparison table: the label (runs, and groups of seeds; ``--by`` groups are
+    named by their key columns), keys, [n], the table metrics, status, front markers.
 
-    A group's cell reads ``mean ± std`` (sample std, n-1), or just the mean when only one
-    completed run has the value; ``-`` means no run has it.
+    A group's cell reads ``mean ± h``, ``h`` the half-width of the Student-t 95 %
+    confidence interval of the mean, or just the mean when only one completed run has the
+    value; ``-`` means no run has it.
     """
+    labelled = not grouped if labelled is None else labelled
     shown = [
         m
         for m in metrics
@@ -75,22 +88,31 @@ def build_table(
         f for f in fronts if not f.optional or any(row.fronts[f.name] is not None for row in rows)
     ]
     count = ["n"] if grouped else []
-    headers = ([] if grouped else ["run"]) + [display_key(k) for k in key_names] + count
+    label = (["group"] if grouped else ["run"]) if labelled else []
+    headers = label + [display_key(k) for k in key_names] + count
     headers += [m.header for m in shown] + ["status"] + [f"pareto {f.name}" for f in fronts]
-    numeric = [False] * (len(key_names) + int(not grouped)) + [True] * (len(count) + len(shown))
+    numeric = [False] * (len(key_names) + len(label)) + [True] * (len(count) + len(shown))
     numeric += [False] * (1 + len(fronts))
     body = []
     for row in rows:
-        cells = ([] if grouped else [row.label]) + [cell(row.keys.get(k)) or "-" for k in key_names]
+        cells = [row.label] * len(label) + [cell(row.keys.get(k)) or "-" for k in key_names]
         cells += [str(row.n)] if grouped else []
         for m in shown:
-            mean, std = row.mean[m.name], row.std[m.name]
+            mean, half = row.mean[m.name], row.ci.get(m.name)
             text = "-" if mean is None else formatted(m, mean)
-            cells.append(text if std is None else f"{text} ± {formatted(m, std)}")
+            cells.append(text if half is None or not grouped else f"{text} ± {formatted(m, half)}")
         cells.append(row.status)
-        cells += [{True: "*", False: "", None: "-"}[row.fronts[f.name]] for f in fronts]
+        cells += [marker(row, f.name) for f in fronts]
         body.append(cells)
     return Table(headers, body, numeric)
+
+
+def front_cells(row: Row) -> dict[str, Any]:
+    """A row's CSV front cells: ``pareto_<front>`` (True, False, empty: not compared) and
+    ``tied_<front>`` (the rows on that front it is indistinguishable from, ``;``-joined)."""
+    cells: dict[str, Any] = {f"pareto_{f}": flag for f, flag in row.fronts.items()}
+    cells.update({f"tied_{f}": ";".join(labels) for f, labels in row.ties.items()})
+    return cells
 
 
 def run_csv_rows(
@@ -106,7 +128,7 @@ def run_csv_rows(
         config_keys.update(dict.fromkeys(row.runs[0].config))
     columns = ["run", "path", "status", "error", *(["group"] if group_of else [])]
     columns += [m.name for m in metrics] + [f"pareto_{f.name}" for f in fronts]
-    columns += list(config_keys)
+    columns += [f"tied_{f.name}" for f in fronts] + list(config_keys)
     out = []
     for row in rows:
         run = row.runs[0]
@@ -114,7 +136,7 @@ def run_csv_rows(
         line["error"] = run.results.get("error") or ""
         line["group"] = group_of.get(id(run), "")
         line.update({m.name: metric_value(m, run) for m in metrics})
-        line.update({f"pareto_{f}": flag for f, flag in row.fronts.items()})
+        line.update(front_cells(row))
         line.update({k: cell(v) for k, v in run.config.items()})
         out.append(line)
     return out, columns
@@ -126,16 +148,19 @@ def group_csv_rows(
     metrics: Sequence[Objective],
     fronts: Sequence[Front],
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """``comparison_groups.csv``: per group, n and each metric's mean and sample std."""
-    columns = [display_key(k) for k in by] + ["n", "runs"]
-    columns += [f"{m.name}_{stat}" for m in metrics for stat in ("mean", "std")]
-    columns += [f"pareto_{f.name}" for f in fronts]
+    """``comparison_groups.csv``: per group, n and each metric's mean, sample std and the
+    half-width of its Student-t 95 % confidence interval (``_ci95``)."""
+    columns = ["group", *(display_key(k) for k in by), "n", "runs"]
+    columns += [f"{m.name}_{stat}" for m in metrics for stat in ("mean", "std", "ci95")]
+    columns += [f"pareto_{f.name}" for f in fronts] + [f"tied_{f.name}" for f in fronts]
     out = []
     for row in rows:
-        line: dict[str, Any] = {display_key(k): cell(v) for k, v in row.keys.items()}
+        line: dict[str, Any] = {"group": row.label}
+        line.update({display_key(k): cell(v) for k, v in row.keys.items()})
         line.update(n=row.n, runs=len(row.runs))
         for m in metrics:
             line[f"{m.name}_mean"], line[f"{m.name}_std"] = row.mean[m.name], row.std[m.name]
-        line.update({f"pareto_{f}": flag for f, flag in row.fronts.items()})
+            line[f"{m.name}_ci95"] = row.ci[m.name]
+        line.update(front_cells(row))
         out.append(line)
     return out, columns

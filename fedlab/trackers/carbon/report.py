@@ -112,22 +112,43 @@ def _regions(run: Run) -> dict[str, tuple[float, float]]:
     return out
 
 
+def _row_regions(runs: list[Run], group: bool) -> dict[str, tuple[float, float]]:
+    """A row's per-region (compute kg, communication kg): a run's own, or the mean over a
+    group's completed runs that record regions."""
+    used = [_regions(run) for run in runs if run.completed or not group]
+    used = [regions for regions in used if regions]
+    if not used:
+        return {}
+    names = sorted({name for regions in used for name in regions})
+    return {
+        name: tuple(
+            sum(regions.get(name, (0.0, 0.0))[k] for regions in used) / len(used) for k in (0, 1)
+        )
+        for name in names
+    }
+
+
 def region_figure(comparison: Comparison) -> Figure | str:
-    """Per run, one bar per client region: compute emissions below, communication above."""
+    """Per run or group (the mean of its completed runs), one bar per client region:
+    compute emissions below, communication above; bars named as the other figures name the
+    comparison's rows."""
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    bars = [(run, _regions(run)) for run in comparison.runs]
-    bars = [(run, regions) for run, regions in bars if regions]
+    kit = comparison.figures
+    bars = [
+        (row, name, _row_regions(row.runs, row.group))
+        for row, name in zip(comparison.rows, kit.names, strict=True)
+    ]
+    bars = [(row, name, regions) for row, name, regions in bars if regions]
     if not bars:
         return "no run records emissions per region"
-    kit = comparison.figures
-    names = sorted({region for _, regions in bars for region in regions})
+    names = sorted({region for _, _, regions in bars for region in regions})
     palette = dict(zip(names, kit.colors(len(names)), strict=True))
     width = 0.8 / len(names)
     fig = Figure(figsize=(min(kit.max_width, max(6.0, 1.0 + 0.35 * len(bars) * len(names))), 4.5))
     ax = fig.add_subplot()
-    for i, (_, regions) in enumerate(bars):
+    for i, (_, _, regions) in enumerate(bars):
         for j, name in enumerate(names):
             compute, comm = regions.get(name, (0.0, 0.0))
             x = i - 0.4 + width * (j + 0.5)
@@ -145,12 +166,17 @@ def region_figure(comparison: Comparison) -> Figure | str:
             )
     ax.set_xticks(
         range(len(bars)),
-        [run.label if run.completed else f"{run.label}\n({run.status})" for run, _ in bars],
+        [name if row.n else f"{name}\n({row.status})" for row, name, _ in bars],
         rotation=30 if len(bars) > 6 else 0,
         ha="right" if len(bars) > 6 else "center",
         fontsize=8,
     )
-    ax.set(ylabel="kgCO2e", title="Emissions per client region and run")
+    grouped = comparison.grouped
+    ax.set(
+        xlabel="group (mean of its completed runs)" if grouped else "run",
+        ylabel="kgCO2e",
+        title=kit.title("Emissions per client region"),
+    )
     handles = [Patch(color=palette[name], label=name) for name in names]
     handles += [
         Patch(facecolor="0.5", label="compute (solid)"),
