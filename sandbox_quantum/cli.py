@@ -139,11 +139,12 @@ def run_quantum(raw: DictConfig, run_dir: Path) -> dict[str, Any]:
     record.start(
         config_yaml,
         {"schema": SCHEMA, "duration_s": None, "experiment": name,
-         "result": None, "resources": None, "carbon": None},
+         "result": None, "units": None, "resources": None, "carbon": None},
     )  # fmt: skip
     log.info("%s: %s -> %s", PROG, name, run_dir)
     tracker: HostTracker | None = None
     fields: dict[str, Any] = {}  # the record's final sections, as far as the run got
+    quantities: dict[str, tuple[str, str]] = {}  # how the console names the result's numbers
 
     def body() -> None:
         nonlocal tracker
@@ -162,7 +163,12 @@ def run_quantum(raw: DictConfig, run_dir: Path) -> dict[str, Any]:
             outcome = experiment.run()
         fields["carbon"] = carbon_section(tracker)  # the experiment's energy, not the plots'
         save_plots(run_dir, outcome)
-        fields.update(result=outcome.result_record(), resources=outcome.resources_record())
+        fields.update(
+            result=outcome.result_record(),
+            units=outcome.units_record(),
+            resources=outcome.resources_record(),
+        )
+        quantities.update(outcome.quantities)
 
     def closing(status: str) -> dict[str, Any]:
         if "carbon" not in fields:  # the run ended inside the experiment
@@ -173,7 +179,7 @@ def run_quantum(raw: DictConfig, run_dir: Path) -> dict[str, Any]:
     results = record.results
     couplings = results["resources"]["couplings"]
     summary = [
-        *_headline(results["result"]),
+        *_headline(results["result"], quantities),
         "two-qubit gates " + ", ".join(f"{k} {v['two_qubit_gates']}" for k, v in couplings.items()),
         "carbon off" if tracker is None else f"{results['carbon']['energy_kwh']:.3g} kWh",
     ]
@@ -187,13 +193,17 @@ def run_quantum(raw: DictConfig, run_dir: Path) -> dict[str, Any]:
     return results
 
 
-def _headline(data: Mapping[str, Any], prefix: str = "") -> Iterator[str]:
-    """The float entries of a result record (nested ones as ``outer.inner``), for the log."""
+def _headline(
+    data: Mapping[str, Any], quantities: Mapping[str, tuple[str, str]], prefix: str = ""
+) -> Iterator[str]:
+    """The float entries of a result record (nested ones as ``outer.inner``), for the log,
+    named and with their units where the experiment gives them (``Outcome.quantities``)."""
     for key, value in data.items():
         if isinstance(value, float):
-            yield f"{prefix}{key} {value:.6g}"
+            name, unit = quantities.get(f"{prefix}{key}", (f"{prefix}{key}", ""))
+            yield f"{name} {value:.6g}" + (f" {unit}" if unit else "")
         elif isinstance(value, Mapping):
-            yield from _headline(value, f"{prefix}{key}.")
+            yield from _headline(value, quantities, f"{prefix}{key}.")
 
 
 # -- the console script --------------------------------------------------------------------

@@ -4,6 +4,7 @@ CodeCarbon's own data file and plain arithmetic."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from importlib.resources import files
@@ -15,6 +16,7 @@ from fedlab.config.experiment import Experiment
 from fedlab.config.schema import ConfigError
 from fedlab.record.run_dir import read_csv
 from fedlab.trackers.carbon.host import HARDWARE_COUNTERS
+from fedlab.trackers.carbon.tracker import CarbonTracker
 
 SMALL = ("num_clients=10", "num_rounds=2", "model.hidden=[16]", "partition=iid")
 REGIONS = "carbon.regions={NOR: 0.2, FRA: 0.2, DEU: 0.2, POL: 0.2, IND: 0.2}"
@@ -55,6 +57,16 @@ def test_emissions_add_up_and_follow_codecarbon_data(run_inprocess) -> None:
     assert (record.dir / "emissions.csv").exists()
     clients = [r for r in read_csv(record.dir / "clients.csv") if r["region"]]
     assert {r["region"] for r in clients} == {"NOR", "FRA", "DEU", "POL", "IND"}
+    # the console's closing line per region: gCO2e at the clients' grids, cleanest first
+    note = CarbonTracker(None).final_note(c)
+    shown = dict(re.findall(r"([A-Z]{3}) ([0-9.e+-]+) \(2 clients", note))
+    assert list(shown) == ["NOR", "FRA", "DEU", "POL", "IND"]
+    for region, grams in shown.items():
+        t = c["regions"][region]
+        expected = 1000 * (t["compute_kwh"] * _intensity(region) / 1000 + t["communication_kg"])
+        assert float(grams) == pytest.approx(expected, rel=5e-3)  # printed to 3 digits
+    assert note.endswith(f"total {1000 * c['client_grid_kg']:.3g}")
+    assert CarbonTracker(None).final_note({"regions": {"DEU": c["regions"]["DEU"]}}) is None
 
 
 @pytest.mark.parametrize(
@@ -179,3 +191,35 @@ def test_carbon_network_overrides_the_library_price(run_inprocess) -> None:
     # the record's estimated flag is the host-measurement rule's verdict on the power model
     mode = c["power_model"].split(":")[0].removeprefix("CodeCarbon ")
     assert c["estimated"] is (mode not in HARDWARE_COUNTERS)
+
+
+# -- attribution: a process's warm-up is overhead, not the first client's compute -------------
+
+
+def test_round_one_charges_no_client_for_the_process_warm_up(tmp_path: Path) -> None:
+    """In a fresh process (the pytest one is long warm), round 1's first client used to be
+    charged ~1.5 s of CPU for PyTorch's first steps against ~0.01 s for the others."""
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [str(EXE), "simulation=inprocess", "num_rounds=1", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [r for r in read_csv(run_dir / "clients.csv") if r["round"] == "1"]
+    train = [r for r in rows if r["phase"] == "train"]
+    cpu = sorted(float(r["cpu_s"]) for r in train)
+    median = cpu[len(cpu) // 2]
+    assert cpu[-1] < 10 * median, cpu  # the first client is of the others' order
+    warm = [float(r["warmup_cpu_s"] or 0) for r in rows]
+    assert sum(w > 0 for w in warm) >= 1  # the warm-up was seen, on its own column
+    assert max(warm) > cpu[-1]  # and it is larger than any client's own round
+    c = json.loads((run_dir / "results.json").read_text())["carbon"]
+    assert c["warmup_cpu_s"] == pytest.approx(sum(warm), rel=1e-12)
+    # the host's energy still splits exactly: clients + server + overhead (warm-up included)
+    assert c["compute_kwh"] + c["server_kwh"] + c["overhead_kwh"] == pytest.approx(
+        c["host_kwh"], rel=1e-12
+    )
+    # each client's energy is its CPU seconds' share: clients.csv adds up to compute_kwh
+    energy = [float(r["energy_kwh"]) for r in rows if r["energy_kwh"]]
+    comm = c["communication_kwh"]
+    assert sum(energy) == pytest.approx(c["compute_kwh"] + comm, rel=1e-9)

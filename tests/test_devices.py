@@ -341,6 +341,24 @@ def test_a_run_records_device_time_energy_and_emissions(run_inprocess) -> None:
     assert missed == results["devices"]["clients_missed_deadline"] > 0
     dropped = {int(r["client"]) for r in clients if r["status"] == "dropped"}
     assert dropped and dropped <= set(phones)
+    # every phone misses every round (the README's example shows stragglers)
+    assert missed == len(phones) * 3 and results["devices"]["deadline_s"] == 0.05
+
+
+def test_the_console_says_what_the_deadline_did() -> None:
+    from fedlab.trackers.devices.tracker import DevicesTracker
+
+    tracker = DevicesTracker(ledger=None, deadline_s=0.05)
+    row = {"sim_start_s": 0.5, "sim_duration_s": 0.0741, "clients_missed_deadline": 3}
+    assert tracker.console(row) == "edge 0.57 s sim, 3 missed deadline"
+    assert tracker.console({**row, "clients_missed_deadline": 0}) == "edge 0.57 s sim"
+    section = {"deadline_s": 0.05, "clients_missed_deadline": 30, "clients": {"rpi4": 5,
+               "phone": 3}, "sim_time_s": 0.7403, "edge_kwh": 7.06e-6, "edge_kg": 2.69e-6}
+    assert tracker.final_note(section) == (
+        "devices (3 phone, 5 rpi4): 0.74 s simulated, 7.06e-06 kWh, 0.00269 gCO2e on the "
+        "devices; 30 client-rounds missed the 0.05 s deadline"
+    )
+    assert tracker.final_note({**section, "deadline_s": None}).endswith("on the devices")
 
 
 def test_compare_shows_edge_emissions_and_time_to_accuracy(run_inprocess, tmp_path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ from opacus.validators import ModuleValidator
 
 from fedlab.data.datasets import ArraySplit
 from fedlab.fl.model import CNN, MLP, LogisticRegression, build_model
-from fedlab.fl.training import batches, evaluate, seed_for, train
+from fedlab.fl.training import batches, evaluate, seed_for, train, warm_up
 
 
 @pytest.mark.parametrize("cls", [LogisticRegression, MLP, CNN])
@@ -108,3 +110,19 @@ def test_evaluate_matches_numpy() -> None:
 def test_seed_for_is_stable_and_distinct() -> None:
     assert seed_for(0, 1, 2) == seed_for(0, 1, 2)
     assert len({seed_for(0, r, c) for r in range(20) for c in range(20)}) == 400
+
+
+def test_warm_up_runs_once_per_key_and_times_its_work() -> None:
+    calls: list[int] = []
+
+    def work() -> None:
+        calls.append(1)
+        deadline = time.process_time() + 0.02
+        while time.process_time() < deadline:  # burn 20 ms of CPU
+            pass
+
+    key = ("test", time.time_ns())  # a key no other test warmed up
+    assert warm_up(key, work) >= 0.02
+    assert warm_up(key, work) == 0.0  # this process is warm: nothing run, nothing charged
+    assert warm_up((*key, "other"), work) >= 0.02
+    assert len(calls) == 2

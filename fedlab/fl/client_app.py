@@ -23,9 +23,18 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedlab.data.datasets import ArraySplit
 from fedlab.data.partition import FederatedData, load_cached
 from fedlab.fl.model import build_model
-from fedlab.fl.training import evaluate, make_optimizer, seed_for, train, train_private
+from fedlab.fl.training import (
+    TrainResult,
+    evaluate,
+    make_optimizer,
+    seed_for,
+    train,
+    train_private,
+    warm_up,
+)
 
 FAIL_KEY = "fedlab-fail"  # set by the server's schedule to inject a client crash
 
@@ -73,6 +82,55 @@ def _model(spec: ClientSpec, fed: FederatedData, arrays: ArrayRecord) -> torch.n
     return model
 
 
+def _head(data: ArraySplit, n: int) -> ArraySplit:
+    """The first ``n`` examples (a warm-up batch)."""
+    return ArraySplit(data.x[:n], data.y[:n])
+
+
+def _warmup_key(spec: ClientSpec, config: ConfigRecord) -> tuple[Any, ...]:
+    """What a warm-up step must match to warm the real one up: the model, the optimizer,
+    DP-SGD's per-sample gradient mode and whether FedProx's term is on."""
+    return (
+        "train",
+        json.dumps(spec.model, sort_keys=True),
+        str(config["optimizer"]),
+        str(config["dp-grad-sample-mode"]) if "dp-noise-multiplier" in config else None,
+        float(config.get("proximal-mu", 0.0)) > 0,
+    )
+
+
+def _fit(
+    model: torch.nn.Module, data: ArraySplit, config: ConfigRecord, epochs: float, seed: int
+) -> tuple[TrainResult, dict[str, float | int]]:
+    """Local training as the message's config asks (plain SGD/Adam or DP-SGD, FedProx's
+    term), with its DP report's metrics (empty without DP-SGD)."""
+    optimizer = make_optimizer(
+        model.parameters(),
+        str(config["optimizer"]),
+        float(config["lr"]),
+        float(config["momentum"]),
+        float(config["weight-decay"]),
+    )
+    common = {
+        "epochs": epochs,
+        "batch_size": int(config["batch-size"]),
+        "optimizer": optimizer,
+        "proximal_mu": float(config.get("proximal-mu", 0.0)),
+    }
+    if "dp-noise-multiplier" not in config:
+        return train(model, data, generator=torch.Generator().manual_seed(seed), **common), {}
+    result, report = train_private(  # privacy=local: DP-SGD
+        model,
+        data,
+        seed=seed,
+        noise_multiplier=float(config["dp-noise-multiplier"]),
+        max_grad_norm=float(config["dp-max-grad-norm"]),
+        grad_sample_mode=str(config["dp-grad-sample-mode"]),
+        **common,
+    )
+    return result, report.as_metrics()
+
+
 def build_client_app(spec: ClientSpec | Callable[[Context], ClientSpec]) -> ClientApp:
     """A ClientApp whose handlers train and evaluate on this node's partition.
 
@@ -115,40 +173,20 @@ def build_client_app(spec: ClientSpec | Callable[[Context], ClientSpec]) -> Clie
         fed = load_cached(spec.data_path)
         data, _ = fed.client(pid)
         model = _model(spec, fed, msg.content["arrays"])
-        # Timed from here: a Ray actor's first message also pays its imports and the data
-        # load (about 1.3 s of CPU), which is simulation overhead, not this client's work.
-        started, cpu_started = time.perf_counter(), time.process_time()
         server_round = int(config["server-round"])
+        # The process's one-time warm-up runs on a throwaway copy, before the clocks start;
+        # the imports, the data load and the model build above are outside them too.
+        batch = _head(data, int(config["batch-size"]))
+        warmup_cpu_s = warm_up(
+            _warmup_key(spec, config),
+            lambda: _fit(copy.deepcopy(model), batch, config, 1.0, spec.seed),
+        )
+        started, cpu_started = time.perf_counter(), time.process_time()
         torch.manual_seed(seed_for(spec.seed, server_round, pid, 1))
         initial_loss = evaluate(model, data)[0] if config.get("report-initial-loss") else None
-        optimizer = make_optimizer(
-            model.parameters(),
-            str(config["optimizer"]),
-            float(config["lr"]),
-            float(config["momentum"]),
-            float(config["weight-decay"]),
-        )
-        common = {
-            "epochs": float(config["local-epochs"]),
-            "batch_size": int(config["batch-size"]),
-            "optimizer": optimizer,
-            "proximal_mu": float(config.get("proximal-mu", 0.0)),
-        }
-        dp_metrics: dict[str, float | int] = {}
-        if "dp-noise-multiplier" in config:  # privacy=local: DP-SGD
-            result, report = train_private(
-                model,
-                data,
-                seed=seed_for(spec.seed, server_round, pid, 2),
-                noise_multiplier=float(config["dp-noise-multiplier"]),
-                max_grad_norm=float(config["dp-max-grad-norm"]),
-                grad_sample_mode=str(config["dp-grad-sample-mode"]),
-                **common,
-            )
-            dp_metrics = report.as_metrics()
-        else:
-            generator = torch.Generator().manual_seed(seed_for(spec.seed, server_round, pid, 2))
-            result = train(model, data, generator=generator, **common)
+        epochs = float(config["local-epochs"])
+        seed = seed_for(spec.seed, server_round, pid, 2)
+        result, dp_metrics = _fit(model, data, config, epochs, seed)
         metrics = {
             # Central DP's accounting needs equal weights: each client is one user.
             "num-examples": 1 if config.get("equal-weights") else len(data),
@@ -159,6 +197,7 @@ def build_client_app(spec: ClientSpec | Callable[[Context], ClientSpec]) -> Clie
             "partition-id": pid,
             "duration-s": time.perf_counter() - started,
             "cpu-s": time.process_time() - cpu_started,
+            "warmup-cpu-s": warmup_cpu_s,
         }
         if initial_loss is not None:
             metrics["initial-loss"] = initial_loss
@@ -176,8 +215,14 @@ def build_client_app(spec: ClientSpec | Callable[[Context], ClientSpec]) -> Clie
         fed = load_cached(spec.data_path)
         _, data = fed.client(pid)
         model = _model(spec, fed, msg.content["arrays"])
-        # Timed from here: a Ray actor's first message also pays its imports and the data
-        # load (about 1.3 s of CPU), which is simulation overhead, not this client's work.
+        warmup_cpu_s = (
+            warm_up(
+                ("evaluate", json.dumps(spec.model, sort_keys=True)),
+                lambda: evaluate(copy.deepcopy(model), _head(data, 1)),
+            )
+            if len(data)
+            else 0.0
+        )
         started, cpu_started = time.perf_counter(), time.process_time()
         loss, accuracy = evaluate(model, data) if len(data) else (0.0, 0.0)
         metrics = {
@@ -187,6 +232,7 @@ def build_client_app(spec: ClientSpec | Callable[[Context], ClientSpec]) -> Clie
             "partition-id": pid,
             "duration-s": time.perf_counter() - started,
             "cpu-s": time.process_time() - cpu_started,
+            "warmup-cpu-s": warmup_cpu_s,
         }
         return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 

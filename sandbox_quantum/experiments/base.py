@@ -47,6 +47,13 @@ class Outcome:
     reports: tuple[ResourceReport, ...]
     plots: Mapping[str, Plot] = field(default_factory=dict)
     """PNG file name -> function drawing it on an empty figure."""
+    quantities: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    """Result key -> (what it is, its unit): how the console names a number, so that an
+    energy says which one and in what unit ("electronic energy -1.85728 Ha")."""
+
+    def units_record(self) -> dict[str, str]:
+        """``results.json["units"]``: the unit of every result key that has one."""
+        return {key: unit for key, (_, unit) in self.quantities.items() if unit}
 
     def result_record(self) -> dict[str, Any]:
         """``results.json["result"]``: the result as JSON-able data, with its derived
@@ -112,10 +119,17 @@ class QuantumExperiment(ABC):
     def run(self) -> Outcome:
         """Run the experiment and compare it with its exact answer."""
 
-    def outcome(self, result: Any, circuit: QuantumCircuit, plots: Mapping[str, Plot]) -> Outcome:
-        """Bundle a result with ``circuit``'s transpiled cost on every configured coupling."""
+    def outcome(
+        self,
+        result: Any,
+        circuit: QuantumCircuit,
+        plots: Mapping[str, Plot],
+        quantities: Mapping[str, tuple[str, str]] | None = None,
+    ) -> Outcome:
+        """Bundle a result with ``circuit``'s transpiled cost on every configured coupling
+        (``quantities``: see :attr:`Outcome.quantities`)."""
         reports = tuple(resource_report(circuit, kind, seed=self.seed) for kind in self.couplings)
-        return Outcome(result, circuit, reports, plots)
+        return Outcome(result, circuit, reports, plots, dict(quantities or {}))
 
 
 @dataclass

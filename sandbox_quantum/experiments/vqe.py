@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -30,6 +31,10 @@ class _VQE(SimulatedExperiment):
     reps: int = 1
     method: str = "COBYLA"
     maxiter: int = 500
+    #: Which energy the Hamiltonian's eigenvalues are, and their unit ("" for none).
+    quantity: ClassVar[str] = "energy"
+    unit: ClassVar[str] = ""
+    axis: ClassVar[str] = "energy"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -55,27 +60,42 @@ class _VQE(SimulatedExperiment):
         )
         levels = np.linalg.eigvalsh(hamiltonian.to_matrix())
 
+        unit = f" {self.unit}" if self.unit else ""
+
         def spectrum(fig: Figure) -> None:
             ax = fig.subplots()
             ax.hlines(levels, 0, 1, color="tab:gray", lw=1, label="exact eigenvalues")
-            ax.hlines(levels[0], 0, 1, color="k", lw=2, label=f"ground {levels[0]:.6f}")
+            ax.hlines(levels[0], 0, 1, color="k", lw=2, label=f"ground {levels[0]:.6f}{unit}")
             ax.hlines(
                 result.energy, 0.25, 0.75, color="tab:red", ls="--", lw=2,
-                label=f"VQE {result.energy:.6f} (error {result.error:.2e})",
+                label=f"VQE {result.energy:.6f}{unit} (error {result.error:.2e}{unit})",
             )  # fmt: skip
             ax.set(
                 xticks=[],
-                ylabel="energy",
+                ylabel=self.axis,
                 title=f"VQE, real_amplitudes reps={self.reps}, {self.method}",
             )
             ax.legend(fontsize=8, loc="upper right")
 
-        return self.outcome(result, ansatz, {"spectrum.png": spectrum})
+        quantities = {
+            "energy": (f"VQE {self.quantity}", self.unit),
+            "exact_energy": (f"exact {self.quantity}", self.unit),
+            "error": ("error", self.unit),
+        }
+        return self.outcome(result, ansatz, {"spectrum.png": spectrum}, quantities)
 
 
 @dataclass
 class VQEH2(_VQE):
-    """H2 at 0.735 A, 2 qubits; exact electronic ground energy -1.857275 Ha."""
+    """H2 at 0.735 A, 2 qubits; exact electronic ground energy -1.857275 Ha.
+
+    Electronic: the nuclear repulsion (+0.7199 Ha at this distance) is not in the
+    Hamiltonian, so the total energy is not what is printed; Hartree is its unit.
+    """
+
+    quantity: ClassVar[str] = "electronic energy"
+    unit: ClassVar[str] = "Ha"
+    axis: ClassVar[str] = "electronic energy (Ha, Hartree)"
 
     def hamiltonian(self) -> SparsePauliOp:
         return h2_hamiltonian()
@@ -84,6 +104,8 @@ class VQEH2(_VQE):
 @dataclass
 class VQEIsing(_VQE):
     """Transverse-field Ising chain -J sum ZZ - h sum X of ``num_spins`` spins."""
+
+    axis: ClassVar[str] = "energy (in the units of coupling J and field h)"
 
     num_spins: int = 4
     coupling: float = 1.0

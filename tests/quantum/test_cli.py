@@ -172,10 +172,15 @@ def test_console_script_bad_input_is_one_line_and_exit_2(
 
 
 def test_vqe_h2_within_a_millihartree(
-    compose_quantum: Callable[..., DictConfig], tmp_path: Path
+    compose_quantum: Callable[..., DictConfig], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     cfg = compose_quantum("experiment=vqe_h2", "carbon.country=FRA")
-    returned = run_quantum(cfg, tmp_path / "run")
+    with caplog.at_level(logging.INFO, logger="fedlab.quantum"):
+        returned = run_quantum(cfg, tmp_path / "run")
+    # the console says which energy it is and in what unit
+    assert "| VQE electronic energy -1.85728 Ha | exact electronic energy -1.85728 Ha |" in (
+        caplog.text
+    )
     results = _check_record(tmp_path / "run", "vqe_h2", "spectrum.png")
     assert json.loads(json.dumps(returned)) == results  # tuples become lists in JSON
     result = results["result"]
@@ -183,7 +188,24 @@ def test_vqe_h2_within_a_millihartree(
     assert abs(result["energy"] - H2_EXACT) < 1e-3
     assert result["error"] >= -1e-9  # variational
     assert results["resources"]["qubits"] == 2
+    assert results["units"] == {"energy": "Ha", "exact_energy": "Ha", "error": "Ha"}
     _check_carbon(results["carbon"], "FRA")
+
+
+@pytest.mark.parametrize(
+    ("name", "axis"),
+    [("VQEH2", "electronic energy (Ha, Hartree)"),
+     ("VQEIsing", "energy (in the units of coupling J and field h)")],
+)
+def test_the_spectrum_axis_has_its_unit(name: str, axis: str) -> None:
+    from matplotlib.figure import Figure
+
+    from sandbox_quantum.experiments import vqe
+
+    outcome = getattr(vqe, name)(maxiter=20).run()
+    fig = Figure()
+    outcome.plots["spectrum.png"](fig)
+    assert fig.axes[0].get_ylabel() == axis
 
 
 def test_resources_routing_costs_without_carbon(

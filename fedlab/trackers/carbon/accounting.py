@@ -69,14 +69,16 @@ class RunCarbon:
         """Close the round; returns its ``rounds.csv`` columns and per-client columns.
 
         ``rows`` are the round's ``clients.csv`` rows: each client's reported CPU seconds
-        (train and evaluate) and the bytes it moved; ``sim_time_s`` is the round's start on
-        the simulated clock (for hourly intensity profiles).
+        (train and evaluate), its process's one-time warm-up (overhead) and the bytes it
+        moved; ``sim_time_s`` is the round's start on the simulated clock (for hourly
+        intensity profiles).
         """
         server_cpu_s = time.process_time() - self._server_cpu0
         assert self._round is not None, "end_round without start_round"
         self._round.close()
         self._round = None
         cpu: dict[int, float] = {}
+        warmup_cpu_s = math.fsum(float(r.get("warmup_cpu_s") or 0.0) for r in rows)
         moved: dict[int, tuple[int, int]] = {}
         for r in rows:
             cid = int(r["client"])
@@ -91,6 +93,7 @@ class RunCarbon:
             host=self._measurement,
             power=self.tracker.power_model,
             server_cpu_s=server_cpu_s,
+            warmup_cpu_s=warmup_cpu_s,
         )
         clients = {
             c["client_id"]: {
@@ -171,6 +174,9 @@ class RunCarbon:
             "server_kg": totals["server_kg"],
             "overhead_kwh": overhead_kwh,
             "overhead_kg": overhead_kg,
+            # CPU seconds client processes spent warming up (PyTorch's first steps, imports):
+            # in the overhead above, not in any client's compute.
+            "warmup_cpu_s": totals["warmup_cpu_s"],
             "communication_kwh": totals["comm_kwh"],
             "communication_kg": totals["comm_kg"],
             # The FL view (Qiu et al.): the clients' compute in their own regions plus the

@@ -93,6 +93,7 @@ class CarbonLedger:
         host: RoundMeasurement | EnergyReading | None = None,
         power: PowerModel | None = None,
         server_cpu_s: float = 0.0,
+        warmup_cpu_s: float = 0.0,
     ) -> dict[str, Any]:
         """Account one round; return its round row.
 
@@ -100,7 +101,8 @@ class CarbonLedger:
         evaluate). ``bytes_by_client``: ``(bytes_down, bytes_up)`` per client.
         ``host``/``power``: the round's :class:`HostTracker` measurement and power model,
         or None when carbon tracking is off. ``sim_time_s``: seconds since run start, for
-        hourly profiles.
+        hourly profiles. ``warmup_cpu_s``: the client processes' one-time warm-up this round,
+        recorded but charged to no part (it stays in the residual, as overhead).
         """
         if any(row["round"] == server_round for row in self.round_rows):
             raise ValueError(f"round {server_round} already recorded")
@@ -168,6 +170,7 @@ class CarbonLedger:
             "host_gpu_kwh": reading.gpu_kwh if reading else None,
             "host_kg": reading.emissions_kg if reading else None,
             "server_cpu_s": float(server_cpu_s),
+            "warmup_cpu_s": float(warmup_cpu_s),
             "server_kwh": attribution.parts_kwh[_SERVER] if attribution else None,
             "server_kg": (
                 kg_from_kwh(attribution.parts_kwh[_SERVER], host_g) if attribution else None
@@ -228,6 +231,8 @@ class CarbonLedger:
             "residual_kg": total("residual_kg", measured),
             "comm_kwh": total("comm_kwh", self.round_rows),
             "comm_kg": total("comm_kg", self.round_rows),
+            # rows of checkpoints written before warm-up was recorded have none
+            "warmup_cpu_s": math.fsum(r.get("warmup_cpu_s", 0.0) for r in self.round_rows),
             "by_region": self.totals_by_region(),
         }
 

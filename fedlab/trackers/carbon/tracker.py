@@ -7,7 +7,8 @@ start-up included; each round is one CodeCarbon task from the end of the previou
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from fedlab.trackers.base import LedgerTracker, Objective, RoundContext, RunContext
 
@@ -20,7 +21,10 @@ class CarbonTracker(LedgerTracker):
 
     name = "carbon"
     round_columns = ("energy_kwh", "emissions_kg", "compute_kg", "communication_kg")
-    client_columns = ("region", "energy_kwh", "emissions_kg")
+    client_columns = ("region", "energy_kwh", "emissions_kg", "warmup_cpu_s")
+    #: A process's one-time warm-up, reported apart from the client's own CPU seconds: it is
+    #: overhead, charged to no client (fedlab.fl.training.warm_up).
+    reply_metrics: ClassVar[Mapping[str, str]] = {"warmup-cpu-s": "warmup_cpu_s"}
     report_module = "fedlab.trackers.carbon.report"
     objectives = (
         Objective("energy_kwh", (("carbon", "energy_kwh"),), unit="kWh", header="kWh",
@@ -86,6 +90,23 @@ class CarbonTracker(LedgerTracker):
 
     def final_fragment(self, section: Any) -> str | None:
         return f"{section['energy_kwh']:.3g} kWh | {1000 * section['emissions_kg']:.3g} gCO2e"
+
+    def final_note(self, section: Any) -> str | None:
+        """With clients in several regions, what each region's clients emit at their own grid
+        (compute + communication, the FL view of Qiu et al.): the point of the run, which the
+        host's single total does not show. None with one region (nothing to compare)."""
+        regions = section["regions"]
+        if len(regions) < 2:
+            return None
+        parts = [
+            f"{code} {1000 * (t['compute_kg_client_grid'] + t['communication_kg']):.3g} "
+            f"({t['clients']} clients, {t['intensity_g_per_kwh']:.3g} g/kWh)"
+            for code, t in sorted(regions.items(), key=lambda item: item[1]["intensity_g_per_kwh"])
+        ]
+        return (
+            "carbon by client region, gCO2e at the clients' grids (compute + communication): "
+            f"{' | '.join(parts)} | total {1000 * section['client_grid_kg']:.3g}"
+        )
 
     def close(self) -> dict[str, Any]:
         """Stop CodeCarbon: the final section covers the whole run, start-up included."""

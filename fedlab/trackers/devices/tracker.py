@@ -65,7 +65,16 @@ class DevicesTracker(LedgerTracker):
         if not exp.cfg.devices.enabled:
             return None
         fleet = exp.fleet(run.fed)
-        return cls(DeviceLedger(fleet, exp.region_intensity(), exp.cfg.devices.count_idle))
+        ledger = DeviceLedger(fleet, exp.region_intensity(), exp.cfg.devices.count_idle)
+        return cls(ledger, exp.cfg.devices.deadline_s)
+
+    def __init__(self, ledger: Any, deadline_s: float | None = None) -> None:
+        super().__init__(ledger)
+        self.deadline_s = deadline_s
+
+    def summary(self) -> dict[str, Any]:
+        """The ledger's section, with the deadline it was run against (null for none)."""
+        return {**self.ledger.summary(), "deadline_s": self.deadline_s}
 
     def end_round(self, ctx: RoundContext) -> dict[str, Any]:
         r = ctx.server_round
@@ -79,4 +88,23 @@ class DevicesTracker(LedgerTracker):
         return {k: columns[k] for k in self.round_columns}
 
     def console(self, row: Mapping[str, Any]) -> str | None:
-        return f"edge {row['sim_start_s'] + row['sim_duration_s']:.1f} s sim"
+        text = f"edge {row['sim_start_s'] + row['sim_duration_s']:.2f} s sim"
+        missed = row["clients_missed_deadline"]
+        return f"{text}, {missed} missed deadline" if missed else text
+
+    def final_note(self, section: Any) -> str | None:
+        """Device time and energy, and what a deadline did: a run that shows none of it on
+        the console looks as if ``devices.deadline_s`` had no effect."""
+        deadline = section["deadline_s"]
+        missed = (
+            f"; {section['clients_missed_deadline']} client-rounds missed the {deadline:g} s "
+            "deadline"
+            if deadline is not None
+            else ""
+        )
+        devices = ", ".join(f"{n} {name}" for name, n in sorted(section["clients"].items()))
+        return (
+            f"devices ({devices}): {section['sim_time_s']:.3g} s simulated, "
+            f"{section['edge_kwh']:.3g} kWh, {1000 * section['edge_kg']:.3g} gCO2e on the "
+            f"devices{missed}"
+        )
