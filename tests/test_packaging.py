@@ -11,11 +11,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_carries_configs_and_runs_from_anywhere(tmp_path: Path) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-v",
          "-w", str(tmp_path / "dist"), str(ROOT)],
-        check=True, capture_output=True, timeout=300,
+        check=True, capture_output=True, text=True, timeout=300,
     )
+    # a conf/ folder or package missing from pyproject's `packages` list makes setuptools warn
+    assert "Package would be ignored" not in built.stdout + built.stderr
     wheel = next((tmp_path / "dist").glob("fedlab-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     for conf in (ROOT / "conf").rglob("*.yaml"):
