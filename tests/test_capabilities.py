@@ -114,19 +114,21 @@ def test_undeclared_strategy_is_refused_only_with_central_dp(compose_with) -> No
 
 
 def test_a_declared_weighted_mean_is_wrapped(compose_with) -> None:
-    """(c) a FedAvg-like strategy from a YAML file gets Flower's DP wrapper and accountant."""
+    """(c) a FedAvg-like strategy from a YAML file gets Flower's DP wrapper (fedlab accounts)."""
     exp = Experiment.from_config(compose_with("strategy=my_mean", "privacy=central"))
     cfg = exp.cfg
     wrapped = central_dp_strategy(
         build_strategy(cfg.strategy), cfg.privacy, cfg.strategy, 10, cfg.num_clients
     )
     assert type(wrapped).__name__ == "DifferentialPrivacyServerSideFixedClipping"
-    assert wrapped.accountant is not None  # FedAvg's own aggregation: Flower accounts it
+    assert wrapped.num_sampled_clients == 10  # noise z*C/m on the mean of the m sampled
 
 
 def test_a_declared_weighted_mean_runs_with_central_dp(conf_dir: Path, tmp_path: Path) -> None:
-    """(c) end to end: the run completes, its epsilon is three Gaussian releases at q = 1."""
-    from opacus.accountants import RDPAccountant
+    """(c) end to end: the run completes, its epsilon is three releases of the mean of all 4
+    clients (4 of 4 without replacement), noise 1.5 on a replace-one sensitivity of 2C/m."""
+    import dp_accounting
+    from dp_accounting.rdp import RdpAccountant
 
     run_dir = tmp_path / "run"
     result = _fedlab_run(
@@ -144,8 +146,9 @@ def test_a_declared_weighted_mean_runs_with_central_dp(conf_dir: Path, tmp_path:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     privacy = json.loads((run_dir / "results.json").read_text())["privacy"]
-    accountant = RDPAccountant()
-    accountant.history = [(1.5, 1.0, 3)]
+    accountant = RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+    gaussian = dp_accounting.GaussianDpEvent(1.5 / 2)
+    accountant.compose(dp_accounting.SampledWithoutReplacementDpEvent(4, 4, gaussian), 3)
     assert privacy["epsilon"] == pytest.approx(accountant.get_epsilon(1e-5), rel=0.01)
 
 

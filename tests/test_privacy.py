@@ -226,7 +226,7 @@ def test_validation_messages() -> None:
             validate_delta(bad)
     with pytest.raises(ValueError, match="grad_sample_mode"):
         validate_grad_sample_mode("jax")
-    with pytest.raises(ValueError, match="rdp, prv, got 'gdp'"):
+    with pytest.raises(ValueError, match="rdp, prv, pld, got 'gdp'"):
         validate_accountant("gdp", RUN_ACCOUNTANTS)  # a run's epsilon must be an upper bound
     with pytest.raises(ValueError, match="rdp accountant only"):
         validate_conversion("classic", "prv")

@@ -3,7 +3,9 @@ recomputation with Opacus' accountants from what the record says happened."""
 
 from __future__ import annotations
 
+import dp_accounting
 import pytest
+from dp_accounting.rdp import RdpAccountant
 from opacus.accountants import RDPAccountant
 
 from fedlab.config.experiment import Experiment
@@ -44,13 +46,22 @@ def test_local_dp_epsilon_is_recomputable_from_the_record(run_inprocess) -> None
     assert epsilons == sorted(epsilons) and epsilons[-1] == pytest.approx(privacy["epsilon"])
 
 
-def test_central_dp_epsilon_matches_opacus_and_flower(run_inprocess) -> None:
+def _wor_epsilon(noises: list[float], m: int, n: int, delta: float) -> float:
+    """dp-accounting's RDP of sampling m of n without replacement, replace-one neighbours."""
+    accountant = RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+    for z in noises:
+        gaussian = dp_accounting.GaussianDpEvent(z)
+        accountant.compose(dp_accounting.SampledWithoutReplacementDpEvent(n, m, gaussian))
+    return accountant.get_epsilon(delta)
+
+
+def test_central_dp_epsilon_matches_dp_accounting(run_inprocess) -> None:
     _, _, record, _ = run_inprocess(*SMALL, "privacy=central", "privacy.noise_multiplier=1.5")
     privacy = record.results["privacy"]
-    assert privacy["unit"] == "user" and privacy["amplification"] is False
-    assert privacy["accountant"].startswith("Flower RdpAccountant")
-    # Three releases of the Gaussian mechanism on the clipped mean, no amplification (q = 1).
-    independent = _rdp_epsilon([(1.5, 1.0, 3)], 1e-5)
+    assert privacy["unit"] == "user" and privacy["client_sampling"] == "fixed"
+    assert privacy["neighbouring_relation"] == "replace one client"
+    # Three releases of the clipped mean of 4 of 4: replace-one sensitivity 2C/m, noise z*C/m.
+    independent = _wor_epsilon([1.5 / 2] * 3, 4, 4, 1e-5)
     assert privacy["epsilon"] == pytest.approx(independent, rel=0.01)
 
 
@@ -66,10 +77,10 @@ def test_central_dp_with_a_failed_client_accounts_the_weaker_release(run_inproce
     rounds = read_csv(record.dir / "rounds.csv")[1:]
     aggregated = [int(r["clients_succeeded"]) for r in rounds]
     assert min(aggregated) < 6  # the seeded schedule made someone fail
-    history = [(1.0 * n / 6, 1.0, 1) for n in aggregated]  # z_eff = z * n / m
+    noises = [1.0 * n / (2 * 6) for n in aggregated]  # replace-one: z * n / (2 m)
     privacy = record.results["privacy"]
-    assert privacy["accountant"].startswith("Opacus RDP")
-    assert privacy["epsilon"] == pytest.approx(_rdp_epsilon(history, 1e-5), rel=1e-6)
+    assert privacy["accountant"].startswith("dp-accounting RDP")
+    assert privacy["epsilon"] == pytest.approx(_wor_epsilon(noises, 6, 6, 1e-5), rel=1e-6)
 
 
 def test_target_epsilon_chooses_the_noise(run_inprocess) -> None:
@@ -87,7 +98,7 @@ def test_target_epsilon_chooses_the_noise(run_inprocess) -> None:
         (("privacy=central", "strategy=qfedavg"), "strategy.aggregate"),
         (("privacy=local", "privacy.accountant=gdp"), "privacy.accountant"),
         (("privacy=local", "privacy.target_epsilon=-1"), "privacy.target_epsilon"),
-        (("privacy=central", "privacy.target_epsilon=2"), "privacy.target_epsilon"),
+        (("privacy=central", "privacy.accountant=prv"), "privacy.accountant"),
         (("privacy=local", "privacy.noise_multiplier=-1"), "privacy.noise_multiplier"),
         (("privacy=local", "privacy.delta=1.5"), "privacy.delta"),
         (("privacy=local", "privacy.grad_sample_mode=magic"), "privacy.grad_sample_mode"),
@@ -109,6 +120,12 @@ def test_unreachable_target_epsilon(compose_cfg) -> None:
     )
     with pytest.raises(ConfigError) as err:
         exp.prepare()
+    assert err.value.key == "privacy.target_epsilon"
+    central = Experiment.from_config(
+        compose_cfg(*SMALL, "privacy=central", "privacy.target_epsilon=0.001")
+    )
+    with pytest.raises(ConfigError) as err:
+        central.prepare()
     assert err.value.key == "privacy.target_epsilon"
 
 

@@ -18,9 +18,23 @@ import math
 #: only the last (noise, sample rate) of a history; kept for comparisons only.
 ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv", "gdp")
 
-#: Accountants a run may report its epsilon with (``privacy.accountant``): the two that give
-#: an upper bound for any history (gdp does neither, see :data:`ACCOUNTANTS`).
-RUN_ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv")
+#: Accountants a run may report its epsilon with (``privacy.accountant``): those that give an
+#: upper bound for any history (gdp does neither, see :data:`ACCOUNTANTS`). "pld" is
+#: dp-accounting's privacy-loss-distribution accountant (central DP with Poisson sampling).
+RUN_ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv", "pld")
+
+#: Which accountant can account which client sampling of central DP: Poisson subsampling
+#: (add/remove neighbours) has an RDP, PRV and PLD analysis; fixed-size sampling without
+#: replacement (replace-one neighbours) only dp-accounting's RDP one (Wang, Balle and
+#: Kasiviswanathan 2019); neither Opacus' PRV nor dp-accounting's PLD handles it.
+ACCOUNTANTS_FOR_SAMPLING: dict[str, tuple[str, ...]] = {
+    "poisson": ("rdp", "prv", "pld"),
+    "fixed": ("rdp",),
+}
+
+#: Empirical audits of epsilon (``privacy.audit``): none, or one-run canaries (Steinke, Nasr
+#: and Jagielski, NeurIPS 2023).
+AUDITS: tuple[str, ...] = ("none", "canaries")
 
 #: How RDP becomes (epsilon, delta): "opacus" (Balle et al. 2020, Thm 21, the tighter) or
 #: "classic" (Mironov 2017: min over alpha of rdp + log(1/delta) / (alpha - 1)).

@@ -56,6 +56,7 @@ class Scheduler:
     straggler_policy: str  # "drop" or "partial"
     failure_rate: float
     selection: str = "random"  # or "carbon_aware"
+    client_sampling: str = "fixed"  # or "poisson": each client independently at fraction_train
     fairness_floor: float = 0.2
     intensity: Callable[[int, float], float] | None = None  # (client, sim s) -> gCO2e/kWh
     evaluable: tuple[int, ...] | None = None  # clients holding test examples (None: all)
@@ -68,25 +69,39 @@ class Scheduler:
         return np.random.default_rng(seed_for(self.seed, server_round, stream))
 
     def sample_size(self) -> int:
-        """Clients sampled per round: ``fraction_train`` of all, at least the minimum."""
+        """Clients sampled per round (fixed-size sampling): ``fraction_train`` of all, at least
+        the minimum. Under Poisson sampling this is not a round's size, which varies."""
         wanted = max(self.min_train_clients, int(self.num_clients * self.fraction_train), 1)
         return min(wanted, self.num_clients)
 
+    def expected_per_round(self) -> float:
+        """Expected clients sampled per round: ``q * N`` under Poisson sampling, else the size."""
+        if self.client_sampling == "poisson":
+            return self.fraction_train * self.num_clients
+        return float(self.sample_size())
+
     def trained_per_round(self) -> int:
-        """Clients sent a training message each round (sampled minus dropped stragglers)."""
-        n = self.sample_size()
+        """Clients sent a training message each round (sampled minus dropped stragglers);
+        under Poisson sampling, of a round of the expected size (rounded)."""
+        n = self.sample_size() if self.client_sampling == "fixed" else round(
+            self.expected_per_round()
+        )
         return round(n * (1 - self.straggler_fraction)) if self.straggler_policy == "drop" else n
 
     def _select(self, server_round: int) -> np.ndarray:
         """The clients sampled for training.
 
-        ``random``: a uniform draw without replacement. ``carbon_aware`` (in the spirit of
+        ``poisson``: every client independently with probability ``fraction_train`` (the
+        sampling that privacy amplification by Poisson subsampling assumes; a round may be
+        empty). ``random``: a uniform draw without replacement. ``carbon_aware`` (in the spirit of
         EcoLearn and Lowcarb): ceil(fairness_floor * k) of the k slots are drawn uniformly
         from all clients, so each keeps a chance of at least that share / N per round; the
         rest go to the clients whose grid has the lowest intensity at this round's hour
         (ties in a seeded random order).
         """
         rng = self._rng(server_round, _SAMPLE)
+        if self.client_sampling == "poisson":
+            return np.flatnonzero(rng.random(self.num_clients) < self.fraction_train)
         k = self.sample_size()
         if self.selection == "random" or self.intensity is None:
             return rng.choice(self.num_clients, k, replace=False)

@@ -33,6 +33,16 @@ from fedlab.config.privacy_rules import (
 
 HistoryEntry = tuple[float, float, int]
 
+#: RDP orders searched: Opacus' defaults (1.1 .. 10.9, 12 .. 63) and larger ones up to 1024.
+#: Small epsilons (much noise, small sample rates, few steps) are optimal at large orders;
+#: with Opacus' grid alone they end at its last order and Opacus warns "Optimal order is the
+#: largest alpha" because the bound is looser than it need be.
+RDP_ORDERS: tuple[float, ...] = (
+    *RDPAccountant.DEFAULT_ALPHAS,
+    *range(64, 128, 8),
+    *(128, 160, 192, 256, 320, 384, 512, 768, 1024),
+)
+
 #: Largest noise multiplier :func:`noise_for_target_epsilon` will propose. Beyond ~100 the
 #: model learns nothing useful; asking for more means the target is not a sensible one.
 MAX_NOISE_MULTIPLIER = 100.0
@@ -123,7 +133,7 @@ def _epsilon_cached(
     if any(z == 0.0 for z, _, _ in history):
         return math.inf
     if accountant == "rdp" and conversion == "classic":
-        orders = RDPAccountant.DEFAULT_ALPHAS
+        orders = list(RDP_ORDERS)
         rdp = sum(
             np.asarray(rdp_analysis.compute_rdp(q=q, noise_multiplier=z, steps=s, orders=orders))
             for z, q, s in history
@@ -140,7 +150,7 @@ def _epsilon_cached(
     acc = new_accountant(accountant)
     acc.history = list(history)
     if accountant == "rdp":
-        return float(acc.get_epsilon(delta=delta, alphas=RDPAccountant.DEFAULT_ALPHAS))
+        return float(acc.get_epsilon(delta=delta, alphas=list(RDP_ORDERS)))
     if accountant == "prv":
         with np.errstate(divide="ignore"):  # q = 1 takes log(1 - q) = -inf; handled by Opacus
             return float(acc.get_epsilon(delta=delta, eps_error=eps_error))

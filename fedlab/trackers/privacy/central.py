@@ -56,22 +56,32 @@ def central_dp_strategy(
     declared: StrategyConfig,
     clients_per_round: int,
     num_clients: int,
+    seed: int = 0,
 ) -> Any:
-    """Wrap a Flower strategy in Flower's user-level DP wrapper for ``privacy=central``.
+    """Wrap a Flower strategy in the user-level DP mechanism for ``privacy=central``.
 
     ``declared`` is the strategy's config, whose ``aggregate`` is checked again here (the
-    wrapper is also built by code that never went through start-up validation). Flower's own
-    RDP accountant is attached where it applies (fixed clipping over FedAvg's own aggregation
-    with equal client weights and no amplification claimed, which matches fedlab's fixed-size
-    client sampling); :class:`fedlab.trackers.privacy.ledger.PrivacyLedger` accounts every
-    other case with Opacus.
+    wrapper is also built by code that never went through start-up validation). Fixed-size
+    client sampling: Flower's DP wrappers (noise z*C/m on the mean). Poisson sampling:
+    :class:`~fedlab.trackers.privacy.mechanism.ExpectedSizeServerSideClipping` (noise z*C on
+    the sum over the expected q*N), with the audit's canaries if ``privacy.audit`` asks.
+    fedlab's :class:`~fedlab.trackers.privacy.ledger.PrivacyLedger` accounts both, with
+    amplification by the sampling; Flower's own accountant (no amplification) is not used.
     """
-    from flwr.serverapp import NeighboringRelation, RdpAccountant, SamplingMethod
-    from flwr.serverapp import PrivacyConfig as FlowerPrivacyConfig
     from flwr.serverapp import strategy as flwr_strategy
 
     check_central_dp(declared)
     z = privacy.noise_multiplier
+    if declared.client_sampling == "poisson":
+        from fedlab.trackers.privacy.mechanism import Canaries, ExpectedSizeServerSideClipping
+
+        q = declared.fraction_train
+        canaries = (
+            Canaries(privacy.audit_canaries, seed, q) if privacy.audit == "canaries" else None
+        )
+        return ExpectedSizeServerSideClipping(
+            strategy, z, privacy.max_grad_norm, q * num_clients, canaries
+        )
     if privacy.clipping == "adaptive":
         cls = (
             flwr_strategy.DifferentialPrivacyServerSideAdaptiveClipping
@@ -97,24 +107,58 @@ def central_dp_strategy(
         if privacy.clip_at == "server"
         else flwr_strategy.DifferentialPrivacyClientSideFixedClipping
     )
-    # Flower's accountant needs FedAvg's own aggregate_train (it checks equal weights there).
-    fedavg_aggregation = isinstance(strategy, flwr_strategy.FedAvg) and (
-        type(strategy).aggregate_train is flwr_strategy.FedAvg.aggregate_train
-    )
-    accountant = None
-    if fedavg_aggregation and z > 0:
-        accountant = RdpAccountant(
-            FlowerPrivacyConfig(
-                target_delta=privacy.delta,
-                population_size=num_clients,
-                neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
-                sampling_method=SamplingMethod.NO_AMPLIFICATION,
-            )
-        )
     return cls(
         strategy,
         noise_multiplier=z,
         clipping_norm=privacy.max_grad_norm,
         num_sampled_clients=clients_per_round,
-        accountant=accountant,
     )
+
+
+def check_central_sampling(privacy: PrivacyConfig, strategy: StrategyConfig, clients: int) -> None:
+    """What the chosen client sampling allows: its accountants, clipping, audit and budget."""
+    from fedlab.config.privacy_rules import ACCOUNTANTS_FOR_SAMPLING
+
+    sampling = strategy.client_sampling
+    allowed = ACCOUNTANTS_FOR_SAMPLING[sampling]
+    if privacy.accountant not in allowed:
+        raise ConfigError(
+            "privacy.accountant",
+            f"{privacy.accountant} cannot account {sampling} client sampling (no analysis of "
+            f"it in Opacus or dp-accounting); allowed with strategy.client_sampling={sampling}: "
+            f"{', '.join(allowed)}",
+        )
+    if sampling == "poisson" and privacy.clipping != "fixed":
+        raise ConfigError(
+            "privacy.clipping",
+            "adaptive clipping has no Poisson-sampling mechanism here; use clipping=fixed "
+            "or strategy.client_sampling=fixed",
+        )
+    if sampling == "poisson" and privacy.clip_at != "server":
+        raise ConfigError(
+            "privacy.clip_at",
+            "with Poisson client sampling the server clips (noise on the sum); use clip_at=server",
+        )
+    if privacy.audit != "none" and sampling != "poisson":
+        raise ConfigError(
+            "privacy.audit",
+            "canaries are drawn by Poisson sampling like every client: needs "
+            "strategy.client_sampling=poisson",
+        )
+    if privacy.audit == "none":
+        return
+    if not 0 < privacy.audit_confidence < 1:
+        raise ConfigError("privacy.audit_confidence", "must be in (0, 1)")
+    top, bottom = privacy.audit_guesses, privacy.audit_guesses_excluded
+    if min(top, bottom) < 0 or not 1 <= top + bottom <= privacy.audit_canaries:
+        raise ConfigError(
+            "privacy.audit_guesses",
+            f"audit_guesses + audit_guesses_excluded must be in [1, audit_canaries="
+            f"{privacy.audit_canaries}], each >= 0; got {top} + {bottom}",
+        )
+    if privacy.audit_canaries > clients:
+        raise ConfigError(
+            "privacy.audit_canaries",
+            f"{privacy.audit_canaries} canaries for {clients} clients: at most num_clients "
+            "(canaries must not outnumber the population whose privacy is audited)",
+        )

@@ -12,12 +12,17 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from fedlab.config.privacy_rules import delta_warning
+from fedlab.config.privacy_rules import ACCOUNTANTS_FOR_SAMPLING, delta_warning
 from fedlab.config.schema import ConfigError
 from fedlab.trackers.privacy.accounting import (
     ClientAccountants,
-    compute_epsilon,
     noise_for_target_epsilon,
+)
+from fedlab.trackers.privacy.amplified import (
+    NEIGHBOURS,
+    central_epsilon,
+    release_noise,
+    solve_noise,
 )
 
 if TYPE_CHECKING:
@@ -51,30 +56,32 @@ class PrivacyLedger:
     * local DP: each client's reported (noise, sample rate, steps) is composed into that
       client's own Opacus accountant (:class:`ClientAccountants`); the run's epsilon is the
       largest over clients.
-    * central DP: one Gaussian release per round on the clients' updates. A round where only
-      n of the m planned clients were aggregated gives the mean a sensitivity of C/n while
-      the noise was sized for C/m, so its effective noise multiplier is z * n / m. Flower's
-      accountant (when attached) assumes every round full; when a round is not, fedlab
-      accounts the whole run with Opacus at the effective multipliers, and says so.
+    * central DP: one Gaussian release per round on the clients' clipped updates, accounted
+      with amplification by the round's client sampling
+      (:mod:`fedlab.trackers.privacy.amplified`). Poisson: every round is one release of noise
+      z, empty rounds included (the mechanism ran). Fixed size: a round where n of the m
+      planned clients were aggregated releases their mean (replace-one sensitivity 2C/n) with
+      noise sized for C/m: noise multiplier z n / (2 m); a round with none releases nothing.
     """
 
-    def __init__(self, cfg: PrivacyConfig, num_clients: int, clients_per_round: int) -> None:
+    def __init__(
+        self,
+        cfg: PrivacyConfig,
+        num_clients: int,
+        clients_per_round: int,
+        sampling: str = "fixed",
+        rate: float | None = None,
+    ) -> None:
         self.cfg = cfg
         self.num_clients = num_clients
         self.clients_per_round = clients_per_round
-        self.clients = ClientAccountants(cfg.accountant)
-        self.releases: list[tuple[float, int]] = []  # central: (effective z, aggregated)
-        self.flower_strategy: Any = None
+        self.sampling = sampling
+        self.rate = clients_per_round / num_clients if rate is None else rate
+        self.clients = ClientAccountants(cfg.accountant if cfg.mode == "local" else "rdp")
+        self.releases: list[tuple[float, int]] = []  # central: (accounted z, aggregated)
         self.epsilon: float | None = None
-
-    @property
-    def flower_accounted(self) -> bool:
-        """Whether Flower's accountant gives the run's epsilon (central, every round full)."""
-        return (
-            self.flower_strategy is not None
-            and getattr(self.flower_strategy, "accountant", None) is not None
-            and all(n == self.clients_per_round for _, n in self.releases)
-        )
+        self.exhausted: dict[str, Any] | None = None  # the budget stop: round, epsilon
+        self.mechanism: Any = None  # the central-DP wrapper (its canaries, for the audit)
 
     def after_round(self, rows: Sequence[Mapping[str, Any]]) -> dict[int, float]:
         """Compose one round's releases; returns each trained client's epsilon (local DP)."""
@@ -94,19 +101,34 @@ class PrivacyLedger:
             )
             return per_client
         aggregated = sum(1 for r in rows if r["phase"] == "train" and r["status"] == "ok")
-        if aggregated:
-            z_eff = cfg.noise_multiplier * aggregated / self.clients_per_round
-            self.releases.append((z_eff, aggregated))
-        self.epsilon = self._central_epsilon()
+        if aggregated or self.sampling == "poisson":
+            z = release_noise(
+                self.sampling, cfg.noise_multiplier, aggregated, self.clients_per_round
+            )
+            self.releases.append((z, aggregated))
+        self.epsilon = self.central_epsilon([z for z, _ in self.releases])
         return {}
 
-    def _central_epsilon(self) -> float:
-        if not self.releases:
-            return 0.0
-        if self.flower_accounted:
-            return float(self.flower_strategy.privacy_spent().epsilon)
-        history = [(z, 1.0, 1) for z, _ in self.releases]  # no amplification: q = 1
-        return compute_epsilon(history, self.cfg.delta, self.cfg.accountant, self.cfg.conversion)
+    def central_epsilon(self, noises: Sequence[float], accountant: str | None = None) -> float:
+        """Epsilon of central releases with these noise multipliers (the run's accountant)."""
+        cfg = self.cfg
+        return central_epsilon(
+            noises,
+            self.sampling,
+            self.rate,
+            self.clients_per_round,
+            self.num_clients,
+            cfg.delta,
+            accountant or cfg.accountant,
+            cfg.conversion,
+        )
+
+    def epsilon_after_next_round(self) -> float:
+        """Central: epsilon once the next round (a full one, as planned) has released."""
+        z = release_noise(
+            self.sampling, self.cfg.noise_multiplier, self.clients_per_round, self.clients_per_round
+        )
+        return self.central_epsilon([*(z for z, _ in self.releases), z])
 
     def accountant_name(self) -> str:
         """Which accountant produced the epsilon, in words."""
@@ -114,9 +136,13 @@ class PrivacyLedger:
         opacus = f"Opacus {cfg.accountant.upper()} ({cfg.conversion} conversion)"
         if cfg.mode == "local":
             return f"{opacus}, one per client, Poisson sampling of records"
-        if self.flower_accounted:
-            return "Flower RdpAccountant (dp-accounting), no amplification"
-        return f"{opacus}, no amplification, effective noise per round"
+        if self.sampling == "fixed":
+            return (
+                "dp-accounting RDP, sampling without replacement of "
+                f"{self.clients_per_round} of {self.num_clients} clients, replace-one"
+            )
+        source = opacus if cfg.accountant != "pld" else "dp-accounting PLD"
+        return f"{source}, Poisson client sampling at q={self.rate:.3g}, add/remove-one"
 
     def guarantee(self) -> str:
         """The guarantee in one line of plain words."""
@@ -146,31 +172,43 @@ class PrivacyLedger:
             "accountant": self.accountant_name(),
             "noise_multiplier": cfg.noise_multiplier,
             "max_grad_norm": cfg.max_grad_norm if cfg.clipping == "fixed" else None,
+            "target_epsilon": cfg.target_epsilon,
+            "budget_epsilon": cfg.budget_epsilon,
+            "budget_exhausted": self.exhausted,
             "guarantee": self.guarantee(),
         }
         if cfg.mode == "local":
             rates = [q for cid in self.clients.client_ids for _, q, _ in self.clients.history(cid)]
-            section |= {
-                "target_epsilon": cfg.target_epsilon,
+            return section | {
                 "grad_sample_mode": cfg.grad_sample_mode,
                 "sample_rate_min": min(rates, default=None),
                 "sample_rate_max": max(rates, default=None),
                 "client_epsilons": self.clients.epsilons(cfg.delta, cfg.conversion),
             }
-        else:
-            section |= {
-                "clipping": cfg.clipping,
-                "clip_at": cfg.clip_at,
-                "client_sampling": "fixed-size without replacement",
-                "client_sampling_rate": self.clients_per_round / self.num_clients,
-                "amplification": False,
-                "releases": len(self.releases),
-                "effective_noise_multipliers": [z for z, _ in self.releases],
-            }
+        noises = [z for z, _ in self.releases]
+        section |= {
+            "clipping": cfg.clipping,
+            "clip_at": cfg.clip_at,
+            "client_sampling": self.sampling,
+            "client_sampling_rate": self.rate,
+            "neighbouring_relation": NEIGHBOURS[self.sampling],
+            "mechanism": MECHANISMS[self.sampling],
+            "amplification": True,
+            "releases": len(self.releases),
+            "clients_per_release": [n for _, n in self.releases],
+            "accounted_noise_multipliers": noises,
+            "epsilons": {
+                name: self.central_epsilon(noises, name)
+                for name in ACCOUNTANTS_FOR_SAMPLING[self.sampling]
+            },
+        }
+        canaries = getattr(self.mechanism, "canaries", None)
+        if canaries is not None:
+            section["audit"] = audit_summary(canaries, cfg, self.epsilon)
         return section
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-able state (for checkpoints)."""
+        """JSON-able state (for checkpoints): the accountants' whole history."""
         return {
             "clients": self.clients.state_dict(),
             "releases": list(self.releases),
@@ -178,26 +216,40 @@ class PrivacyLedger:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned.
-
-        Flower's accountant lives inside the DP wrapper, which a resumed run builds afresh:
-        the past releases are composed into it again.
-        """
+        """Restore what :meth:`state_dict` returned."""
         self.clients.load_state_dict(state["clients"])
         self.releases = [(float(z), int(n)) for z, n in state["releases"]]
         self.epsilon = state["epsilon"]
-        accountant = getattr(self.flower_strategy, "accountant", None)
-        if accountant is not None:
-            from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
 
-            for _ in self.releases:
-                accountant.compose(
-                    GaussianPrivacyEvent(
-                        noise_multiplier=self.cfg.noise_multiplier,
-                        sample_size=self.clients_per_round,
-                        population_size=self.num_clients,
-                    )
-                )
+
+#: The central mechanism of each client sampling, in words (the record's ``mechanism``).
+MECHANISMS: dict[str, str] = {
+    "poisson": "noise std z*C on the sum of clipped updates, divided by the expected q*N "
+    "(fedlab ExpectedSizeServerSideClipping); empty rounds release noise",
+    "fixed": "noise std z*C/m on the mean of the clipped updates (Flower's DP wrapper)",
+}
+
+
+def audit_summary(canaries: Any, cfg: PrivacyConfig, claimed: float | None) -> dict[str, Any]:
+    """The one-run audit's result (Steinke, Nasr and Jagielski 2023) beside the claim."""
+    from fedlab.trackers.privacy.audit import epsilon_lower_bound, guess_and_count
+
+    guesses, correct = guess_and_count(
+        canaries.scores(), canaries.included, cfg.audit_guesses, cfg.audit_guesses_excluded
+    )
+    bound = epsilon_lower_bound(canaries.count, guesses, correct, cfg.delta, cfg.audit_confidence)
+    return {
+        "method": "one-run canaries (Steinke, Nasr, Jagielski, NeurIPS 2023)",
+        "canaries": canaries.count,
+        "canaries_included": int(canaries.included.sum()),
+        "guesses": guesses,
+        "correct": correct,
+        "confidence": cfg.audit_confidence,
+        "epsilon_lower_bound": bound,
+        "epsilon_claimed": claimed,
+        "consistent": claimed is None or bound <= claimed,
+        "note": "an empirical check of the accountant, not a proof of the claimed epsilon",
+    }
 
 
 def plan_privacy(exp: Experiment, fed: FederatedData) -> list[str]:
@@ -212,6 +264,19 @@ def plan_privacy(exp: Experiment, fed: FederatedData) -> list[str]:
         return []
     if privacy.mode == "central":
         warning = delta_warning(privacy.delta, cfg.num_clients, unit="clients")
+        ledger = central_ledger(exp)
+        if privacy.target_epsilon is not None:
+
+            def epsilon_of(z: float) -> float:
+                m = ledger.clients_per_round
+                return ledger.central_epsilon([release_noise(ledger.sampling, z, m, m)] * rounds)
+
+            rounds = cfg.num_rounds
+            try:
+                privacy.noise_multiplier = solve_noise(privacy.target_epsilon, epsilon_of)
+            except ValueError as err:
+                raise ConfigError("privacy.target_epsilon", str(err)) from None
+        check_budget(privacy, ledger.epsilon_after_next_round())
         return [warning] if warning else []
     sizes = [len(idx) for idx in fed.client_train]
     warning = delta_warning(privacy.delta, min(sizes), unit="records of the smallest client")
@@ -233,3 +298,29 @@ def plan_privacy(exp: Experiment, fed: FederatedData) -> list[str]:
         except ValueError as err:
             raise ConfigError("privacy.target_epsilon", str(err)) from None
     return [warning] if warning else []
+
+
+def central_ledger(exp: Experiment) -> PrivacyLedger:
+    """The central-DP ledger of ``exp``: its client sampling, rate and planned round size."""
+    cfg = exp.cfg
+    scheduler = exp.scheduler()
+    poisson = cfg.strategy.client_sampling == "poisson"
+    return PrivacyLedger(
+        cfg.privacy,
+        cfg.num_clients,
+        scheduler.trained_per_round(),
+        cfg.strategy.client_sampling,
+        cfg.strategy.fraction_train if poisson else None,
+    )
+
+
+def check_budget(privacy: PrivacyConfig, first_round: float) -> None:
+    """A budget below what the first round costs would stop the run before it trains."""
+    budget = privacy.budget_epsilon
+    if budget is not None and first_round > budget:
+        raise ConfigError(
+            "privacy.budget_epsilon",
+            f"{budget:g} is below the first round's epsilon {first_round:.4g} (noise "
+            f"{privacy.noise_multiplier:.3g}, delta {privacy.delta:g}): no round could train; "
+            "raise the budget or the noise",
+        )

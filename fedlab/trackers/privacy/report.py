@@ -57,4 +57,25 @@ def card_section(run: Run) -> str:
             f"{shown(privacy.get('max_grad_norm'), '.3g')}",
         ]
         lines += [f"- As the run states it: {guarantee}"] if guarantee else []
+        if privacy.get("client_sampling"):
+            lines.append(
+                f"- Client sampling: {privacy['client_sampling']} (rate "
+                f"{shown(privacy.get('client_sampling_rate'), '.3g')}), neighbouring relation: "
+                f"{privacy.get('neighbouring_relation')}; mechanism: {privacy.get('mechanism')}"
+            )
+        if privacy.get("budget_exhausted"):
+            stop = privacy["budget_exhausted"]
+            lines.append(
+                f"- Stopped by the privacy budget ε={shown(privacy.get('budget_epsilon'), '.3g')} "
+                f"after round {stop['round']} (ε={shown(stop['epsilon'], '.3g')})"
+            )
+        audit = privacy.get("audit")
+        if audit:
+            lines.append(
+                f"- Audit ({audit['method']}): empirical lower bound ε >= "
+                f"{shown(audit['epsilon_lower_bound'], '.3g')} at {audit['confidence']:.0%} "
+                f"confidence ({audit['correct']}/{audit['guesses']} canary guesses right) beside "
+                f"the accountant's ε={shown(audit['epsilon_claimed'], '.3g')}. This is a check "
+                "of the accountant, not a proof that the claimed ε holds."
+            )
     return "\n".join(lines)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from fedlab.trackers.base import LedgerTracker, Objective, RoundContext, RunContext
+from fedlab.trackers.base import LedgerTracker, Objective, RoundContext, RunContext, StopRun
 
 if TYPE_CHECKING:
     from fedlab.config.experiment import Experiment
@@ -51,10 +51,19 @@ class PrivacyTracker(LedgerTracker):
     def check(cls, exp: Experiment) -> None:
         """Central DP only over a strategy that declares a mean aggregate (its YAML's
         ``aggregate``); the values' own ranges were checked by the config schema."""
-        from fedlab.trackers.privacy.central import check_central_dp
+        from fedlab.config.schema import ConfigError
+        from fedlab.trackers.privacy.central import check_central_dp, check_central_sampling
 
-        if exp.cfg.privacy.mode == "central":
+        privacy = exp.cfg.privacy
+        if privacy.mode == "central":
             check_central_dp(exp.cfg.strategy)
+            check_central_sampling(privacy, exp.cfg.strategy, exp.cfg.num_clients)
+        elif privacy.mode == "local" and privacy.audit != "none":
+            raise ConfigError("privacy.audit", "canaries audit central DP only (privacy=central)")
+        elif privacy.mode == "local" and privacy.budget_epsilon is not None:
+            raise ConfigError(
+                "privacy.budget_epsilon", "is supported for privacy=central only for now"
+            )
 
     @classmethod
     def prepare(cls, exp: Experiment, fed: FederatedData) -> list[str]:
@@ -64,13 +73,11 @@ class PrivacyTracker(LedgerTracker):
 
     @classmethod
     def build(cls, run: RunContext, **options: Any) -> PrivacyTracker | None:
-        from fedlab.trackers.privacy.ledger import PrivacyLedger
+        from fedlab.trackers.privacy.ledger import central_ledger
 
-        cfg = run.exp.cfg
-        if cfg.privacy.mode == "none":
+        if run.exp.cfg.privacy.mode == "none":
             return None
-        per_round = run.exp.scheduler().trained_per_round()
-        return cls(PrivacyLedger(cfg.privacy, cfg.num_clients, per_round), run.exp)
+        return cls(central_ledger(run.exp), run.exp)
 
     @classmethod
     def inactive_summary(cls, exp: Experiment) -> dict[str, Any]:
@@ -88,8 +95,9 @@ class PrivacyTracker(LedgerTracker):
             self.cfg.strategy,
             self.clients_per_round,
             self.cfg.num_clients,
+            self.cfg.seed,
         )
-        self.ledger.flower_strategy = wrapped
+        self.ledger.mechanism = wrapped
         return wrapped
 
     def train_config(self) -> dict[str, Any]:
@@ -100,10 +108,29 @@ class PrivacyTracker(LedgerTracker):
                 "dp-max-grad-norm": privacy.max_grad_norm,
                 "dp-grad-sample-mode": privacy.grad_sample_mode,
             }
-        return {"equal-weights": True}  # central: Flower's accountant needs equal weights
+        return {"equal-weights": True}  # central: the noise covers an unweighted mean
 
     def initial_columns(self) -> dict[str, Any]:
         return {"epsilon": 0.0}  # nothing released yet
+
+    def start_round(self, server_round: int) -> None:
+        """Stop before a round whose release would take epsilon past ``privacy.budget_epsilon``."""
+        budget = self.cfg.privacy.budget_epsilon
+        if budget is None or self.cfg.privacy.mode != "central":
+            return
+        upcoming = self.ledger.epsilon_after_next_round()
+        if upcoming > budget:
+            spent = self.ledger.epsilon or 0.0
+            self.ledger.exhausted = {
+                "round": server_round - 1,
+                "epsilon": spent,
+                "next_round_epsilon": upcoming,
+            }
+            raise StopRun(
+                "budget_exhausted",
+                f"privacy budget epsilon {budget:g} reached: round {server_round} would take "
+                f"epsilon from {spent:.4g} to {upcoming:.4g}",
+            )
 
     def end_round(self, ctx: RoundContext) -> dict[str, Any]:
         rows = ctx.tally.rows
