@@ -1,18 +1,24 @@
 """``fedlab-run``: the Hydra entry point.
 
 Errors end in one line and a non-zero exit, never a traceback: 2 for invalid input (config
-values, unknown options, a used run directory), 1 for a run that failed (its record says
-why), 130 for Ctrl-C. Hydra reports composition errors (an unknown group option, a value of
+values, unknown options, a used or unwritable run directory), 1 for a run that failed (its
+record says why), 3 for a run a tracker stopped (``budget_exhausted``, ``diverged``), 130 for
+Ctrl-C and 143 for SIGTERM or SIGHUP (the record says ``interrupted``). A rejected run leaves
+nothing behind: the directory Hydra created for it is removed again while it is empty.
+Hydra reports composition errors (an unknown group option, a value of
 the wrong type) itself over several lines; :func:`main` condenses them into one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import logging
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +35,16 @@ PROG = "fedlab-run"
 #: Exit code of a run a tracker stopped on purpose (``budget_exhausted``, ``diverged``): not a
 #: failure of fedlab, not a success of the experiment either.
 STOPPED_EXIT = 3
+#: Ctrl-C (SIGINT), and SIGTERM or SIGHUP (``kill``, SLURM preemption, a closed terminal):
+#: the record says ``interrupted`` either way; 143 is the shell's 128 + SIGTERM, given for
+#: SIGHUP too so that a batch system sees one code for "terminated from outside".
+INTERRUPTED_EXIT = 130
+TERMINATED_EXIT = 143
 REAL_STDERR = sys.stderr
+#: The topmost directories Hydra is about to create for this invocation (absent when the
+#: output directory was checked): a rejected run removes what it created while it is empty,
+#: and never a directory that existed before.
+_CREATED: list[Path] = []
 
 
 def fail(message: str, code: int, prog: str = PROG) -> NoReturn:
@@ -74,27 +89,98 @@ def run_hydra_app(hydra_main: Callable[[], Any], prog: str = PROG) -> None:
 def _run(cfg: DictConfig) -> float | None:
     release_stderr()
     from fedlab.console import setup_logging
-    from fedlab.record.lifecycle import RunStopped
+    from fedlab.record.lifecycle import RunStopped, Terminated, handle_termination
     from fedlab.run import RunFailed, run_experiment
 
+    handle_termination()
     setup_logging()
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
-    changes = [o for o in overrides if not o.startswith(("resume=", "hydra."))]
+    changes = [
+        o for o in overrides if not o.startswith(("resume=", "hydra.", "num_rounds="))
+    ]
     if cfg.resume and changes:
-        fail(f"resume: a resumed run keeps its own config; remove {' '.join(changes)}", 2)
+        _reject(run_dir, f"resume: a resumed run keeps its own config (only num_rounds may "
+                f"grow); remove {' '.join(changes)}")
     try:
         results = run_experiment(cfg, run_dir, overrides)
     except ConfigError as err:
-        fail(str(err), 2)
+        _reject(run_dir, str(err))
     except RunFailed as err:
         fail(f"run failed: {err} (record: {run_dir})", 1)
     except RunStopped as err:  # a tracker ended the run on purpose (budget, divergence)
         fail(f"run stopped: {err} (record: {run_dir})", STOPPED_EXIT)
-    except KeyboardInterrupt:
-        _leave_interrupted(run_dir)
+    except KeyboardInterrupt as err:
+        _leave_interrupted(
+            run_dir, TERMINATED_EXIT if isinstance(err, Terminated) else INTERRUPTED_EXIT
+        )
     return results["accuracy"]  # the objective Hydra sweepers optimise
+
+
+class OutputDirCheck(Callback):
+    """Hydra callback: check the output directory before Hydra creates it.
+
+    Hydra makes ``hydra.run.dir`` (``hydra.sweep.dir``) before the task function runs; a
+    directory it cannot make would end in Hydra's traceback. Checked first, it ends in one line
+    naming the key; and the directories about to be created are remembered, so a rejected run
+    can remove them again (:func:`_reject`).
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _check_output_dir(Path(os.path.abspath(config.hydra.run.dir)), "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _check_output_dir(Path(os.path.abspath(config.hydra.sweep.dir)), "hydra.sweep.dir")
+
+
+def _check_output_dir(path: Path, key: str) -> None:
+    """Create ``path`` now, as Hydra would next, ending with one line naming ``key`` if it
+    cannot be (permissions are tried, not inferred: ``os.access`` says yes to root even on a
+    read-only file system); remember the topmost directory created."""
+    missing = [p for p in (path, *path.parents) if not os.path.lexists(p)]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        for created in missing:  # deepest first: leave nothing behind
+            with contextlib.suppress(OSError):
+                created.rmdir()
+        release_stderr()
+        reason = err.strerror or type(err).__name__
+        fail(f"{key}: cannot create or write {path}: {reason}; choose a writable directory", 2)
+    _CREATED[:] = missing[-1:]
+
+
+def _reject(run_dir: Path, message: str) -> NoReturn:
+    """Invalid input: remove what this invocation created for ``run_dir`` while it holds
+    nothing but its ``run.log``, then end with one line and exit code 2."""
+    log_file = run_dir / "run.log"
+    if log_file.is_file() and [p.name for p in run_dir.iterdir()] == ["run.log"]:
+        logging.shutdown()  # Hydra's file handler holds it open
+        log_file.unlink()
+    _reject_leftovers(run_dir)
+    fail(message, 2)
+
+
+def _reject_leftovers(directory: Path) -> None:
+    """Remove ``directory`` and its parents up to the topmost one this invocation created,
+    each only while empty (a sweep directory may hold Hydra's ``multirun.yaml``: a rejected
+    job ends the whole multirun); a directory that existed before is never touched."""
+    directory = Path(os.path.abspath(directory))
+    for top in _CREATED:
+        if directory != top and top not in directory.parents:
+            continue
+        for path in (directory, *directory.parents):
+            if [p.name for p in path.iterdir()] == ["multirun.yaml"]:
+                (path / "multirun.yaml").unlink()
+            try:
+                path.rmdir()  # only an empty directory goes
+            except OSError:
+                break
+            if path == top:
+                break
 
 
 class SweepSummary(Callback):
@@ -120,10 +206,11 @@ class SweepSummary(Callback):
         )
 
 
-def _leave_interrupted(run_dir: Path) -> NoReturn:
-    """Exit 130 at once after Ctrl-C; the record already says ``interrupted``.
+def _leave_interrupted(run_dir: Path, code: int) -> NoReturn:
+    """Exit ``code`` at once after Ctrl-C or a terminating signal; the record already says
+    ``interrupted``.
 
-    Flower's ServerApp thread is still waiting for replies from the engine that Ctrl-C
+    Flower's ServerApp thread is still waiting for replies from the engine that the signal
     stopped, and would keep the process alive for up to ``simulation.round_timeout_s``;
     nothing is left to write, so Ray is shut down and the process leaves without joining it.
     """
@@ -138,7 +225,7 @@ def _leave_interrupted(run_dir: Path) -> NoReturn:
 
         ray.shutdown()
     finally:
-        os._exit(130)
+        os._exit(code)
 
 
 def condense(text: str) -> str:

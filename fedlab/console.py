@@ -18,7 +18,8 @@ def line(parts: Iterable[str | None]) -> str:
 
 def round_line(row: Mapping[str, Any], num_rounds: int, parts: Iterable[str | None]) -> str:
     """A round's progress line from its ``rounds.csv`` row; ``parts``: who trained, then each
-    tracker's fragment. The time is since the run's first round began (cumulative)."""
+    tracker's fragment. The time is the run's elapsed time (cumulative, since the server
+    began round 0), not the round's own, and the line says so."""
     fed = row["federated_accuracy"]
     return line(
         [
@@ -27,7 +28,7 @@ def round_line(row: Mapping[str, Any], num_rounds: int, parts: Iterable[str | No
             f"loss {row['central_loss']:.4f}",
             f"fed acc {'  -   ' if fed is None else f'{fed:.4f}'}",
             *parts,
-            f"{row['elapsed_s']:.1f} s",
+            f"{row['elapsed_s']:.1f} s elapsed",
         ]
     )
 

@@ -28,10 +28,80 @@ __all__ = ["RunFailed", "resume_experiment", "run_experiment", "simulation_engin
 Engine = Callable[[Experiment, Any, RunRecord, Trackers, Any], None]
 
 
-def _versions() -> dict[str, str]:
+def _versions() -> dict[str, Any]:
+    """What produced the run: package versions, the fedlab checkout and the host.
+
+    ``git_commit`` / ``git_dirty`` are those of the git checkout fedlab was imported from
+    (an editable install); both are null when fedlab was installed from a wheel or sdist, where
+    the version is all there is. ``cpu`` is the model name the kernel reports.
+    """
+    import os
+    import platform
     from importlib.metadata import version
 
-    return {pkg: version(pkg) for pkg in ("fedlab", "flwr", "torch", "numpy", "hydra-core")}
+    versions: dict[str, Any] = {
+        pkg: version(pkg) for pkg in ("fedlab", "flwr", "torch", "numpy", "hydra-core")
+    }
+    return versions | _git_state() | {
+        "python": platform.python_version(),
+        "os": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpu_cores": os.cpu_count(),
+    }
+
+
+def _git_state() -> dict[str, Any]:
+    """The commit and dirty flag of the checkout holding this fedlab (null outside one)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    state: dict[str, Any] = {"git_commit": None, "git_dirty": None}
+    if not (root / ".git").exists():
+        return state
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True, text=True, check=True, timeout=10,
+        ).stdout.strip()
+        changes = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, check=True, timeout=10,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):  # no git binary, or not a repository
+        return state
+    return {"git_commit": commit, "git_dirty": bool(changes.strip())}
+
+
+def _cpu_model() -> str | None:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
+    import platform
+
+    try:
+        for text in Path("/proc/cpuinfo").read_text().splitlines():
+            if text.startswith(("model name", "Model")):
+                return text.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def recommended_settings(raw: DictConfig) -> dict[str, Any]:
+    """The dataset's recommended settings (``recommended:``, from ``conf/recommended/``) and
+    whether each applies: a value the user set on the command line or a preset overrides the
+    recommendation, and the record says so (``applied: false`` with the value used)."""
+    node = OmegaConf.select(raw, "recommended")
+    wanted = OmegaConf.to_container(node, resolve=True) if node else {}
+    assert isinstance(wanted, dict)
+    source = wanted.pop("source", None)
+    out: dict[str, Any] = {"source": source, "settings": {}}
+    for group, values in wanted.items():
+        for key, value in (values or {}).items():
+            path = key if group == "_global_" else f"{group}.{key}"  # top-level keys
+            used = OmegaConf.select(raw, path)
+            out["settings"][path] = {
+                "recommended": value, "used": used, "applied": used == value
+            }
+    return out
 
 
 def open_record(exp: Experiment, run_dir: Path) -> RunRecord:
@@ -60,7 +130,8 @@ def run_experiment(
     from fedlab.fl.model import build_model
 
     if raw.get("resume"):
-        return resume_experiment(Path(raw.resume), engine)
+        extend = any(o.startswith("num_rounds=") for o in overrides or [])
+        return resume_experiment(Path(raw.resume), engine, raw.num_rounds if extend else None)
     exp = Experiment.from_config(raw)
     config_yaml = OmegaConf.to_yaml(raw, resolve=True)
     finished = claim(run_dir, config_yaml)
@@ -83,6 +154,7 @@ def run_experiment(
             "num_rounds": exp.cfg.num_rounds,
             "seed": exp.cfg.seed,
             "duration_s": None,
+            "startup_s": None,
             "accuracy": None,
             "loss": None,
             "federated_accuracy": None,
@@ -96,6 +168,8 @@ def run_experiment(
             **{s.name: s.cls.inactive_summary(exp) for s in specs},
             "trackers": described(specs),
             "versions": _versions(),
+            "warnings": list(warnings),
+            "recommended": recommended_settings(raw),
         },
     )
     plot_label_distribution(fed, run_dir / "partition.png")
@@ -109,12 +183,15 @@ def run_experiment(
     return _execute(exp, fed, record, run_dir, engine=engine)
 
 
-def resume_experiment(run_dir: Path, engine: Engine | None = None) -> dict:
+def resume_experiment(
+    run_dir: Path, engine: Engine | None = None, num_rounds: int | None = None
+) -> dict:
     """Continue the run recorded in ``run_dir`` from its last checkpoint.
 
     The run's own ``config.yaml`` is used; the data are prepared again (deterministically),
     the record's rows after the checkpoint's round are dropped (that round is redone), and
-    the run continues to ``num_rounds`` with every piece of state restored.
+    the run continues to ``num_rounds`` with every piece of state restored. A larger
+    ``num_rounds`` extends the run, completed or not (:func:`_extend`).
     """
     from fedlab.config.schema import FedlabConfig
     from fedlab.record import checkpoint
@@ -122,15 +199,24 @@ def resume_experiment(run_dir: Path, engine: Engine | None = None) -> dict:
     status = existing_status(run_dir)
     if status is None:
         raise ConfigError("resume", f"{run_dir} holds no run record")
-    if status == "completed":
-        raise ConfigError("resume", f"{run_dir} holds a completed run; nothing to resume")
+    raw = OmegaConf.merge(
+        OmegaConf.structured(FedlabConfig), OmegaConf.load(run_dir / "config.yaml")
+    )
+    extending = num_rounds is not None and num_rounds != raw.num_rounds
+    if status == "completed" and not extending:
+        raise ConfigError(
+            "resume",
+            f"{run_dir} holds a completed run of {raw.num_rounds} rounds; nothing to resume "
+            f"(num_rounds=N with N > {raw.num_rounds} extends it)",
+        )
     if not (run_dir / checkpoint.FILE).exists():
         raise ConfigError(
             "resume", f"{run_dir} has no checkpoint (it stopped before its first round ended)"
         )
-    raw = OmegaConf.merge(
-        OmegaConf.structured(FedlabConfig), OmegaConf.load(run_dir / "config.yaml")
-    )
+    if extending:
+        assert num_rounds is not None
+        _check_extension(raw, num_rounds)
+        raw.num_rounds = num_rounds
     exp = Experiment.from_config(raw)
     fed, _ = exp.prepare()
     saved = checkpoint.load(run_dir)
@@ -138,10 +224,45 @@ def resume_experiment(run_dir: Path, engine: Engine | None = None) -> dict:
     record = RunRecord.resume(
         run_dir, saved.server_round, fresh.round_columns, fresh.client_columns
     )
+    if extending:
+        _extend(record, raw, num_rounds)
     log.info(
         "fedlab: resuming %s after round %d of %d", run_dir, saved.server_round, exp.cfg.num_rounds
     )
     return _execute(exp, fed, record, run_dir, saved, engine)
+
+
+def _check_extension(raw: DictConfig, num_rounds: int) -> None:
+    """Refuse an extension that would change what already happened: fewer rounds, or noise
+    that ``privacy.target_epsilon`` chose for the old number of rounds (the extended run would
+    not be the run with ``num_rounds`` from the start)."""
+    if num_rounds < raw.num_rounds:
+        raise ConfigError(
+            "num_rounds",
+            f"a resumed run can only grow: it has {raw.num_rounds} rounds, got {num_rounds}",
+        )
+    if raw.privacy.mode != "none" and raw.privacy.target_epsilon is not None:
+        raise ConfigError(
+            "num_rounds",
+            f"cannot extend a run whose noise privacy.target_epsilon="
+            f"{raw.privacy.target_epsilon} chose for {raw.num_rounds} rounds (more rounds need "
+            "other noise from round 1); start a new run with the rounds you want",
+        )
+
+
+def _extend(record: RunRecord, raw: DictConfig, num_rounds: int) -> None:
+    """Write the extension into the record: the config says the new ``num_rounds`` (so a
+    later resume continues to it) and ``extended`` says from which to which, and when."""
+    from fedlab.record.run_dir import now, write_text
+
+    previous = record.results.get("num_rounds")
+    write_text(record.dir / "config.yaml", OmegaConf.to_yaml(raw, resolve=True))
+    extended = [
+        *record.results.get("extended", []),
+        {"from_rounds": previous, "to_rounds": num_rounds, "at": now()},
+    ]
+    experiment = {**record.results.get("experiment", {}), "num_rounds": num_rounds}
+    record.update(num_rounds=num_rounds, extended=extended, experiment=experiment)
 
 
 def simulation_engine(

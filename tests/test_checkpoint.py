@@ -63,3 +63,15 @@ def test_checkpoint_file_is_safetensors_only(tmp_path) -> None:
     raw = (tmp_path / checkpoint.FILE).read_bytes()
     assert b"\x80\x04" not in raw[:16] and raw[8:9] == b"{"  # a JSON header, not a pickle
     assert sorted(p.name for p in tmp_path.iterdir()) == [checkpoint.FILE]  # atomic: no temp
+
+
+def test_arrayrecord_state_round_trips(tmp_path) -> None:
+    """An ArrayRecord attribute (a DP wrapper's current model, say) comes back as one."""
+    strategy = _strategy("flwr.serverapp.strategy.FedAvg")
+    strategy.current_arrays = ArrayRecord({"w": torch.arange(4.0)})
+    checkpoint.save(tmp_path, 3, ArrayRecord({"w": torch.zeros(4)}), strategy, {})
+    saved = checkpoint.load(tmp_path)
+    fresh = _strategy("flwr.serverapp.strategy.FedAvg")
+    checkpoint.restore_strategy(fresh, saved.strategy, saved.layout)
+    assert isinstance(fresh.current_arrays, ArrayRecord)
+    assert np.array_equal(fresh.current_arrays["w"].numpy(), np.arange(4.0))

@@ -119,3 +119,19 @@ def test_dataclasses_check_ranges_when_built_directly() -> None:
         ClientConfig(momentum=1.0)
     with pytest.raises(ConfigError, match=r"simulation\.ray_num_cpus"):
         SimulationConfig(ray_num_cpus=0)
+
+
+@pytest.mark.parametrize("dataset", ["synthetic", "synthetic_iid", "iris"])
+def test_dataset_recommendations_apply_and_say_so(compose_cfg, dataset: str) -> None:
+    """conf/recommended/<dataset>.yaml: the values it sets are the ones its `recommended`
+    block declares (so the record's `applied` is true by default), and a command-line value
+    wins over them."""
+    from fedlab.run import recommended_settings
+
+    said = recommended_settings(compose_cfg(f"dataset={dataset}"))
+    assert said["source"] and said["settings"]
+    assert all(s["applied"] for s in said["settings"].values()), said
+    key = next(iter(said["settings"]))
+    value = said["settings"][key]["recommended"]
+    other = recommended_settings(compose_cfg(f"dataset={dataset}", f"{key}={value * 2}"))
+    assert other["settings"][key] == {"recommended": value, "used": value * 2, "applied": False}

@@ -135,16 +135,67 @@ def test_rerun_of_an_unfinished_attempt_moves_it_aside(tmp_path: Path, compose_c
 def test_resume_refuses_what_it_cannot_continue(finished_run: Path) -> None:
     before = _fingerprint(finished_run)
     done = _run(f"resume={finished_run}", cwd=finished_run.parent)
-    assert done.returncode == 2 and "holds a completed run; nothing to resume" in done.stderr
-    changed = _run(f"resume={finished_run}", "num_rounds=20", cwd=finished_run.parent)
+    assert done.returncode == 2 and "holds a completed run of 10 rounds; nothing to resume" in (
+        done.stderr)
+    changed = _run(f"resume={finished_run}", "seed=3", cwd=finished_run.parent)
     assert changed.returncode == 2
-    assert "resume: a resumed run keeps its own config; remove num_rounds=20" in changed.stderr
+    assert "resume: a resumed run keeps its own config (only num_rounds may grow); remove " \
+        "seed=3" in changed.stderr
+    longer = _run(f"resume={finished_run}", "num_rounds=20", cwd=finished_run.parent)
+    assert longer.returncode == 2 and "has no checkpoint" in longer.stderr
     assert _fingerprint(finished_run) == before
 
 
-def test_default_run_directory_is_outputs_date_time(tmp_path: Path) -> None:
-    """Without hydra.run.dir the run goes to ./outputs/<date>/<time> (resume=null)."""
+def test_default_run_directory_is_outputs_date_time() -> None:
+    """Without hydra.run.dir the run goes to ./outputs/<date>/<time> (resume=null); a run
+    rejected there leaves nothing (the next test)."""
+    import re
+
+    from hydra import compose, initialize_config_module
+
+    from fedlab.config.schema import register_configs
+
+    register_configs()
+    with initialize_config_module(config_module="fedlab.conf", version_base="1.3"):
+        cfg = compose(config_name="config", return_hydra_config=True)
+        assert re.fullmatch(r"outputs/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d", cfg.hydra.run.dir)
+
+
+def test_a_rejected_run_leaves_no_directory_behind(tmp_path: Path) -> None:
+    """Hydra makes outputs/<date>/<time> before fedlab sees the config; a rejected run removes
+    it again (nine empty folders in one trial before), and never a directory that was there."""
     result = _run("num_clients=0", cwd=tmp_path)
-    assert result.returncode == 2 and "num_clients: must be >= 1" in result.stderr
-    made = list((tmp_path / "outputs").glob("*/*"))
-    assert len(made) == 1 and not (made[0] / "results.json").exists()
+    assert result.returncode == 2 and not list(tmp_path.iterdir())
+    sweep = _run("-m", "num_clients=0", "hydra.sweep.dir=multirun/x", cwd=tmp_path)
+    assert sweep.returncode == 2 and not list(tmp_path.iterdir())
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    assert _run("num_clients=0", f"hydra.run.dir={kept}", cwd=tmp_path).returncode == 2
+    assert kept.is_dir()  # it existed before: not ours to remove
+
+
+def test_an_unwritable_run_directory_is_one_line_naming_the_key(tmp_path: Path) -> None:
+    (tmp_path / "a_file").write_text("")
+    result = _run(f"hydra.run.dir={tmp_path / 'a_file' / 'run'}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"fedlab-run: error: hydra.run.dir: cannot create or write {tmp_path}/a_file/run: "
+        "Not a directory; choose a writable directory"]
+
+
+def test_qnn_on_binary_iris_from_the_readme_runs(tmp_path: Path) -> None:
+    """`fedlab-run model=qnn dataset=iris dataset.binary=true` used to end in "partition: The
+    max number of attempts (10) was reached": iris now recommends 3 clients (and small batches),
+    and the partition error names num_clients and a value that works."""
+    run_dir = tmp_path / "run"
+    result = _run("model=qnn", "dataset=iris", "dataset.binary=true", "num_rounds=2",
+                  "simulation=inprocess", "carbon=off", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "completed" and results["accuracy"] >= 0.9
+    assert results["recommended"]["settings"]["num_clients"]["applied"] is True
+    too_many = _run("dataset=iris", "dataset.binary=true", "num_clients=10", cwd=tmp_path)
+    assert too_many.returncode == 2
+    assert too_many.stderr.startswith("fedlab-run: error: num_clients: the partition cannot give "
+                                      "each of 10 clients enough of the 70 training examples; "
+                                      "num_clients=4 works")

@@ -118,6 +118,7 @@ class Experiment:
             straggler_policy=self.straggler_policy,
             failure_rate=cfg.failures.rate,
             selection=cfg.strategy.selection,
+            client_sampling=cfg.strategy.client_sampling,
             fairness_floor=cfg.strategy.fairness_floor,
             intensity=self.region_intensity() if cfg.strategy.selection == "carbon_aware" else None,
             evaluable=None

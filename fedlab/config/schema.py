@@ -17,44 +17,29 @@ object directly.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from fedlab.config import privacy_rules
+from fedlab.config.errors import ConfigError, require, require_choice, require_fraction
+from fedlab.config.measurement import CarbonConfig, DevicesConfig, PrivacyConfig
 
-
-class ConfigError(ValueError):
-    """An invalid configuration value; its message is the single line shown to the user."""
-
-    def __init__(self, key: str, message: str) -> None:
-        self.key = key
-        super().__init__(f"{key}: {message}")
-
-
-def require(condition: bool, key: str, message: str) -> None:
-    """Raise :class:`ConfigError` for ``key`` unless ``condition`` holds."""
-    if not condition:
-        raise ConfigError(key, message)
-
-
-def require_fraction(value: float, key: str, *, allow_zero: bool = False) -> None:
-    """Check a fraction in (0, 1] (or [0, 1] when ``allow_zero``)."""
-    low_ok = value >= 0 if allow_zero else value > 0
-    interval = "[0, 1]" if allow_zero else "(0, 1]"
-    require(
-        low_ok and value <= 1 and math.isfinite(value),
-        key,
-        f"must be in {interval}, got {value}",
-    )
-
-
-def require_choice(value: str, key: str, choices: tuple[str, ...]) -> None:
-    """Check that ``value`` is one of ``choices``."""
-    require(value in choices, key, f"must be one of {', '.join(choices)}; got '{value}'")
+__all__ = [  # the errors are imported from here throughout fedlab, tests and user code
+    "CarbonConfig",
+    "ClientConfig",
+    "ConfigError",
+    "DevicesConfig",
+    "FedlabConfig",
+    "PrivacyConfig",
+    "SimulationConfig",
+    "StrategyConfig",
+    "register_configs",
+    "require",
+    "require_choice",
+    "require_fraction",
+]
 
 
 @dataclass
@@ -174,7 +159,8 @@ class StrategyConfig:
     q-FedAvg asks clients for the loss of the global model before training). ``selection:
     carbon_aware`` fills each round with the clients whose grid is cleanest at that hour,
     except a ``fairness_floor`` share of the slots drawn uniformly from everyone, so every
-    client keeps taking part (see :meth:`fedlab.fl.schedule.Scheduler.plan`).
+    client keeps taking part (see :meth:`fedlab.fl.schedule.Scheduler.plan`). ``client_sampling:
+    poisson`` draws each client with probability ``fraction_train`` (``fixed``: exactly that share).
 
     What the strategy *does* is declared, not inferred from its class name, so a strategy added
     by one YAML file is treated by what it declares:
@@ -209,6 +195,7 @@ class StrategyConfig:
     train_config: dict[str, Any] = field(default_factory=dict)
     selection: str = "random"
     fairness_floor: float = 0.2
+    client_sampling: str = "fixed"
     aggregate: str | None = None
     min_clients_per_round: dict[str, int] = field(default_factory=dict)
 
@@ -218,6 +205,13 @@ class StrategyConfig:
         require(self.min_train_clients >= 1, "strategy.min_train_clients", "must be >= 1")
         require_choice(self.straggler_policy, "strategy.straggler_policy", ("drop", "partial"))
         require_choice(self.selection, "strategy.selection", ("random", "carbon_aware"))
+        require_choice(self.client_sampling, "strategy.client_sampling", ("fixed", "poisson"))
+        require(
+            self.client_sampling == "fixed" or self.selection == "random",
+            "strategy.client_sampling",
+            "poisson draws every client independently; it cannot be combined with "
+            "strategy.selection=carbon_aware (use client_sampling=fixed)",
+        )
         require_fraction(self.fairness_floor, "strategy.fairness_floor", allow_zero=True)
         if self.aggregate is not None:
             require_choice(self.aggregate, "strategy.aggregate", self.AGGREGATES)
@@ -228,208 +222,6 @@ class StrategyConfig:
             "takes base and per_malicious, each >= 0 (clients per round >= base + "
             f"per_malicious * flower.num_malicious_nodes); got {dict(bound)}",
         )
-
-
-@dataclass
-class PrivacyConfig:
-    """Differential privacy (the ``privacy`` group): ``none``, ``local`` or ``central``.
-
-    * ``local``: record-level DP-SGD in every client (Opacus): per-example gradients clipped to
-      ``max_grad_norm``, Gaussian noise ``noise_multiplier * max_grad_norm``, Poisson batches.
-      ``target_epsilon`` instead picks the noise for the planned rounds before the run.
-    * ``central``: user-level DP-FedAvg with Flower's wrappers: each client's update clipped to
-      ``max_grad_norm`` (``clipping: fixed``) or to an adaptive quantile (``adaptive``), by the
-      server or the clients (``clip_at`` decides who clips; noise is always added once to
-      the aggregate by the server), Gaussian noise ``noise_multiplier * C / m``.
-    """
-
-    mode: str = "none"
-    delta: float = 1e-5
-    accountant: str = "rdp"
-    conversion: str = "opacus"
-    noise_multiplier: float = 1.0
-    max_grad_norm: float = 1.0
-    target_epsilon: float | None = None
-    grad_sample_mode: str = "ew"
-    clipping: str = "fixed"
-    clip_at: str = "server"
-    initial_clipping_norm: float = 0.1
-    target_clipped_quantile: float = 0.5
-    clip_norm_lr: float = 0.2
-    clipped_count_stddev: float | None = None
-
-    def __post_init__(self) -> None:
-        require_choice(self.mode, "privacy.mode", ("none", "local", "central"))
-        if self.mode == "none":
-            return
-        # The value rules are written once, in fedlab.config.privacy_rules, which the privacy
-        # code (accounting, DP-SGD) checks its arguments with too.
-        rules = privacy_rules
-        checks: list[tuple[str, Any, tuple[Any, ...]]] = [
-            ("delta", rules.validate_delta, (self.delta,)),
-            ("noise_multiplier", rules.validate_noise_multiplier, (self.noise_multiplier,)),
-            ("max_grad_norm", rules.validate_max_grad_norm, (self.max_grad_norm,)),
-            ("grad_sample_mode", rules.validate_grad_sample_mode, (self.grad_sample_mode,)),
-            ("accountant", rules.validate_accountant, (self.accountant, rules.RUN_ACCOUNTANTS)),
-            ("conversion", rules.validate_conversion, (self.conversion, self.accountant)),
-        ]
-        if self.target_epsilon is not None:
-            checks.append(("target_epsilon", rules.validate_target_epsilon, (self.target_epsilon,)))
-        for key, check, args in checks:
-            try:
-                check(*args)
-            except ValueError as err:
-                raise ConfigError(f"privacy.{key}", str(err)) from None
-        require(
-            self.target_epsilon is None or self.mode == "local",
-            "privacy.target_epsilon",
-            "is supported for privacy=local only (central DP: set noise_multiplier)",
-        )
-        require_choice(self.clipping, "privacy.clipping", ("fixed", "adaptive"))
-        require_choice(self.clip_at, "privacy.clip_at", ("server", "client"))
-        require(self.initial_clipping_norm > 0, "privacy.initial_clipping_norm", "must be > 0")
-        require(
-            0 < self.target_clipped_quantile < 1,
-            "privacy.target_clipped_quantile",
-            "must be in (0, 1)",
-        )
-        require(self.clip_norm_lr > 0, "privacy.clip_norm_lr", "must be > 0")
-
-
-@dataclass
-class CarbonConfig:
-    """Energy and emissions tracking (the ``carbon`` group; ``carbon=off`` disables it).
-
-    The host is measured by CodeCarbon's offline tracker (never any network call); without
-    RAPL its figures are a power *model* (CPU TDP x load, RAM per DIMM), which
-    ``force_cpu_power``, ``force_ram_power`` and ``pue`` calibrate. ``regions`` places the
-    simulated clients in countries (null: all in ``country``; an ISO-3 code; an explicit
-    ``{client_id: ISO3, default: ISO3}``; or a weighted mix ``{ISO3: weight}`` assigned with
-    the seed); ``links`` gives their network link (``wired``, ``wifi``, ``4g``, or a mapping
-    or mix like regions'); ``network`` overrides the kWh/GB of a link, whose values live in the
-    one table of links, ``devices.profiles.links`` (docs/carbon.md cites them), or prices a link
-    only carbon uses; ``intensity_profile`` is a CSV of hourly intensities per region, read at the
-    simulated clock: round r starts at (r - 1) * ``hours_per_round`` hours.
-    """
-
-    enabled: bool = True
-    country: str = "DEU"
-    tracking_mode: str = "machine"
-    measure_power_secs: float = 1.0
-    force_cpu_power: float | None = None
-    force_ram_power: float | None = None
-    pue: float = 1.0
-    regions: Any = None
-    links: Any = "wired"
-    network: Any = None
-    intensity_profile: str | None = None
-    hours_per_round: float = 1.0  # with simulated devices, their round times are the clock
-
-    def __post_init__(self) -> None:
-        require_choice(self.tracking_mode, "carbon.tracking_mode", ("machine", "process"))
-        require(self.measure_power_secs > 0, "carbon.measure_power_secs", "must be > 0")
-        require(self.pue >= 1, "carbon.pue", f"must be >= 1, got {self.pue}")
-        require(self.hours_per_round > 0, "carbon.hours_per_round", "must be > 0")
-        for key in ("force_cpu_power", "force_ram_power"):
-            value = getattr(self, key)
-            require(value is None or value > 0, f"carbon.{key}", "must be > 0 watts or null")
-
-
-@dataclass
-class DeviceProfileConfig:
-    """One edge device type (``devices.profiles.devices.<name>``); sources in the YAML."""
-
-    gflops: float = MISSING  # sustained training throughput, GFLOP/s
-    active_w: float = MISSING  # power while training, W
-    idle_w: float = MISSING  # power while waiting in a round, W
-    link: str = MISSING  # default network link, a key of devices.profiles.links
-    source: str = ""
-
-
-@dataclass
-class LinkProfileConfig:
-    """One network link type (``devices.profiles.links.<name>``), the one table of links: what
-    a device spends on it (bandwidth, transfer power: the device model) and what the network
-    spends per GB (``kwh_per_gb``: carbon accounting). A link without ``kwh_per_gb`` is refused
-    at start-up by a run that charges it, unless ``carbon.network`` prices it."""
-
-    down_mbps: float = MISSING
-    up_mbps: float = MISSING
-    transfer_w: float = MISSING  # the device's power while its radio or NIC transfers, W
-    source: str = ""
-    kwh_per_gb: float | None = None  # network energy per GB (10^9 bytes) moved, kWh
-    kwh_per_gb_source: str = ""
-
-
-@dataclass
-class DeviceLibraryConfig:
-    """The device and link profiles a mix can draw from (``conf/devices/profiles/``)."""
-
-    devices: dict[str, DeviceProfileConfig] = field(default_factory=dict)
-    links: dict[str, LinkProfileConfig] = field(default_factory=dict)
-
-
-@dataclass
-class DevicesConfig:
-    """Simulated edge devices (the ``devices`` group; ``devices=none`` turns them off).
-
-    ``mix`` gives each client a device: null (off), one device name, a weighted mix
-    ``{device: weight}`` assigned with the seed, or ``{client_id: device, default: device}``.
-    ``links`` overrides the devices' own links in the same forms (null: each device's own).
-    With devices on, a round lasts as long as its slowest client's transfers and compute on
-    its device, the run's simulated clock is the sum of those rounds (it replaces
-    ``carbon.hours_per_round`` for hourly intensity profiles), and a client whose round would
-    take longer than ``deadline_s`` is a straggler (``stragglers.policy`` says whether it is
-    dropped or trains only what fits). ``count_idle`` adds the idle power of clients waiting
-    for the slowest one to the edge energy.
-    """
-
-    mix: Any = None
-    links: Any = None
-    deadline_s: float | None = None
-    count_idle: bool = True
-    profiles: DeviceLibraryConfig = field(default_factory=DeviceLibraryConfig)
-
-    @property
-    def enabled(self) -> bool:
-        """Whether clients are simulated on devices."""
-        return self.mix is not None
-
-    def __post_init__(self) -> None:
-        require(
-            self.deadline_s is None or (self.deadline_s > 0 and math.isfinite(self.deadline_s)),
-            "devices.deadline_s",
-            f"must be > 0 seconds or null, got {self.deadline_s}",
-        )
-        require(
-            self.deadline_s is None or self.mix is not None,
-            "devices.deadline_s",
-            "needs devices to time the clients: choose devices=<mix> or set devices.mix",
-        )
-        for name, device in self.profiles.devices.items():
-            _require_ranges(device, f"devices.profiles.devices.{name}", ("gflops", "active_w"))
-            _require_ranges(device, f"devices.profiles.devices.{name}", ("idle_w",), strict=False)
-            require(
-                device.link in self.profiles.links,
-                f"devices.profiles.devices.{name}.link",
-                f"must be one of {', '.join(sorted(self.profiles.links))}; got '{device.link}'",
-            )
-        for name, link in self.profiles.links.items():
-            _require_ranges(link, f"devices.profiles.links.{name}", ("down_mbps", "up_mbps"))
-            _require_ranges(
-                link, f"devices.profiles.links.{name}", ("transfer_w", "kwh_per_gb"), strict=False
-            )
-
-
-def _require_ranges(node: Any, prefix: str, keys: tuple[str, ...], strict: bool = True) -> None:
-    """Check that each of ``keys`` of ``node`` is finite and > 0 (``strict``) or >= 0; an
-    optional value left null is not checked (its user says whether it needs one)."""
-    for key in keys:
-        value = getattr(node, key)
-        if value is None:
-            continue
-        ok = math.isfinite(value) and (value > 0 if strict else value >= 0)
-        require(ok, f"{prefix}.{key}", f"must be {'>' if strict else '>='} 0, got {value}")
 
 
 @dataclass
@@ -455,6 +247,8 @@ class FedlabConfig:
     # its options}. Config order is the order of their columns in the record; add one with
     # +trackers.NAME._target_=my.module.MyTracker, drop one with ~trackers.NAME.
     trackers: dict[str, Any] = field(default_factory=dict)
+    # what the dataset recommends (conf/recommended/<dataset>.yaml: source, group -> values)
+    recommended: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         require(self.seed >= 0, "seed", f"must be a non-negative integer, got {self.seed}")

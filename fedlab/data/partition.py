@@ -170,13 +170,12 @@ def partition(
     table = datasets.Dataset.from_dict(columns)
     if not is_natural:  # IidPartitioner shards contiguously: shuffle first, with the seed.
         table = table.shuffle(seed=seed).flatten_indices()
-    partitioner.dataset = table
     try:
-        parts = [
-            np.sort(np.asarray(partitioner.load_partition(i)["row"])) for i in range(num_clients)
-        ]
-    except ValueError as err:
-        raise ConfigError("partition", str(err).splitlines()[0]) from None
+        parts = _split(partitioner, table, num_clients)
+    except ValueError:
+        raise ConfigError(
+            "num_clients", _what_works(spec, table, num_clients, seed)
+        ) from None
 
     rng = np.random.default_rng([seed, 2])
     train, test = [], []
@@ -199,6 +198,46 @@ def partition(
         data.test,
         tuple(train),
         tuple(test),
+    )
+
+
+def _split(partitioner: Any, table: Any, num_clients: int) -> list[np.ndarray]:
+    """Each client's sorted row indices from ``partitioner`` over ``table``.
+
+    flwr-datasets' Dirichlet partitioner warns on every redrawn sample that missed
+    ``min_partition_size`` (a paragraph each); a split that succeeds needs no warning and one
+    that fails ends in fedlab's one-line error, so they are not shown.
+    """
+    import warnings
+
+    partitioner.dataset = table
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*min_partition_size.*")
+        return [
+            np.sort(np.asarray(partitioner.load_partition(i)["row"])) for i in range(num_clients)
+        ]
+
+
+def _what_works(spec: dict[str, Any], table: Any, num_clients: int, seed: int) -> str:
+    """The message for a partitioner that could not split ``table`` among ``num_clients``
+    (Dirichlet's ``min_partition_size`` out of reach): the largest client count that works
+    with the same partition, found by trying (milliseconds each), and the other way out."""
+    working = None
+    for fewer in range(num_clients - 1, 0, -1):
+        try:
+            _split(_build_partitioner(spec, fewer, seed), table, fewer)
+        except ValueError:
+            continue
+        working = fewer
+        break
+    size = spec.get("min_partition_size")
+    fixes = [f"num_clients={working} works" if working else "use fewer clients"]
+    if size:
+        fixes.append(f"or lower partition.min_partition_size (now {size})")
+    fixes.append("or use partition=iid")
+    return (
+        f"the partition cannot give each of {num_clients} clients enough of the "
+        f"{len(table)} training examples; {', '.join(fixes)}"
     )
 
 

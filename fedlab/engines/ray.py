@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import warnings
 from queue import Queue
@@ -88,7 +89,8 @@ def _add_messages_to_queue(
 
 
 def _fedlab_ray_backend() -> type:
-    """flwr 1.42's RayBackend, sending the ClientApp to the actors once instead of per message.
+    """flwr 1.42's RayBackend, sending the ClientApp to the actors once instead of per message,
+    and keeping the driver's SIGTERM handler (ray.init replaces it).
 
     Flower passes the ClientApp factory as an argument of every actor call, so the driver
     cloudpickles the ClientApp (closures included, ~9 kB) once per client per phase (about
@@ -100,6 +102,14 @@ def _fedlab_ray_backend() -> type:
 
     class FedlabRayBackend(RayBackend):
         fedlab = True
+
+        def init_ray(self, backend_config: Any) -> None:
+            # ray.init installs a SIGTERM handler in the driver (sys.exit, then Ray's own
+            # abort): put back the program's, which ends the run as `interrupted`.
+            handler = signal.getsignal(signal.SIGTERM)
+            super().init_ray(backend_config)
+            if threading.current_thread() is threading.main_thread() and handler is not None:
+                signal.signal(signal.SIGTERM, handler)
 
         def build(self, app_fn: Any) -> None:
             super().build(app_fn)

@@ -76,6 +76,7 @@ class RoundCloser:
             except StopRun as err:  # the round happened: record it, then stop
                 stop = err
         self.record.add_round(row, tally.rows if tally else [])
+        sections = self.trackers.sections()
         self.record.update(
             rounds_completed=server_round,
             accuracy=accuracy,
@@ -86,9 +87,13 @@ class RoundCloser:
                 key: sum(r.get(key) or 0 for r in self.record.rounds)
                 for key in ("bytes_down", "bytes_up")
             },
-            **self.trackers.sections(),
+            **sections,
+            warnings=gathered_warnings(self.record.results.get("warnings") or [], sections),
         )
         if tally is None:
+            # Process start to the first round's start: the imports, data, Ray and actors
+            # that duration_s (measured from the record's opening) leaves out.
+            self.record.update(startup_s=round(time.time() - process_started(), 3))
             log.info(round_line(row, self.exp.cfg.num_rounds, ["initial model"]))
         else:
             self._warn_below_minimum(row)
@@ -121,6 +126,23 @@ class RoundCloser:
                 minimum,
                 "; the global model was not updated" if not row["clients_succeeded"] else "",
             )
+
+
+def gathered_warnings(current: list[str], sections: dict[str, Any]) -> list[str]:
+    """``results.json``'s ``warnings``: those already there (data preparation's) and every
+    tracker section's own ``warnings`` list, each once, in order."""
+    found = [
+        text for section in sections.values() if isinstance(section, dict)
+        for text in section.get("warnings") or []
+    ]
+    return list(dict.fromkeys([*current, *found]))
+
+
+def process_started() -> float:
+    """When this process started (seconds since the epoch), as the OS records it."""
+    import psutil
+
+    return psutil.Process().create_time()
 
 
 def round_row(

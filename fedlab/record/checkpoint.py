@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord
+from flwr.app import Array, ArrayRecord
 
 from fedlab.record.run_dir import atomic_path
 
@@ -99,7 +99,7 @@ def restore_strategy(strategy: Any, tensors: dict[str, torch.Tensor], layout: di
         if kind == "list":
             setattr(target, name, [entries[str(i)] for i in range(len(entries))])
         elif kind == "arrayrecord":
-            setattr(target, name, ArrayRecord({k: v for k, v in entries.items()}))
+            setattr(target, name, ArrayRecord({k: Array(v) for k, v in entries.items()}))
         else:
             setattr(target, name, entries)
 

@@ -8,6 +8,8 @@ error) or ``interrupted``.
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
 from collections.abc import Callable
 from logging import getLogger
@@ -32,6 +34,33 @@ class RunStopped(Exception):
         super().__init__(f"{status}: {reason}")
         self.status = status
         self.reason = reason
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (what ``kill``, SLURM preemption and a closed terminal send), raised in
+    the main thread like Ctrl-C so that every engine ends the run the same way: the record
+    says ``interrupted`` (``error`` names the signal) and the last checkpoint stays intact."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+#: The signals that end a run as ``interrupted`` besides Ctrl-C (SIGINT).
+TERMINATING = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated(signum)
+
+
+def handle_termination() -> None:
+    """Make SIGTERM and SIGHUP raise :class:`Terminated` in the main thread (a no-op in any
+    other thread, where Python cannot install handlers). Ray replaces the driver's SIGTERM
+    handler when it starts; its engine puts this one back (fedlab.engines.ray)."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in TERMINATING:
+            signal.signal(signum, _raise_terminated)
 
 
 def error_line(err: BaseException) -> str:
@@ -98,8 +127,8 @@ def supervise(
 
     try:
         body()
-    except KeyboardInterrupt:
-        close("interrupted")
+    except KeyboardInterrupt as err:
+        close("interrupted", f"{err.args[0]} received" if isinstance(err, Terminated) else None)
         raise
     except Exception as err:
         stopped = record.results.get("stopped")

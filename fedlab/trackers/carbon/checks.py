@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from fedlab.config.schema import CarbonConfig, ConfigError, LinkProfileConfig
+from fedlab.config.errors import ConfigError
+from fedlab.config.measurement import CarbonConfig, LinkProfileConfig
 from fedlab.trackers.assign import Check
 from fedlab.trackers.carbon.intensity import assign_regions, carbon_intensity
 from fedlab.trackers.carbon.network import NetworkModel, assign_links

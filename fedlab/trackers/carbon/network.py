@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedlab.config.schema import LinkProfileConfig
+from fedlab.config.measurement import LinkProfileConfig
 from fedlab.trackers.assign import Check, assign
 from fedlab.trackers.devices.profiles import packaged_library
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 
-from fedlab.config.schema import DeviceLibraryConfig, DevicesConfig
+from fedlab.config.measurement import DeviceLibraryConfig, DevicesConfig
 from fedlab.trackers.assign import assign, choice
 
 #: The library as installed, relative to the package ``fedlab.conf`` (the repository's conf/).
