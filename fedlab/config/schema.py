@@ -92,7 +92,7 @@ class SimulationConfig:
     pull_interval_s: float = 0.01
 
     def __post_init__(self) -> None:
-        from fedlab.engines.simulation import ENGINES
+        from fedlab.engines.registry import ENGINES
 
         require_choice(self.backend, "simulation.backend", tuple(ENGINES))
         require(

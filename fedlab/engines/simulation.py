@@ -1,7 +1,8 @@
 """Simulation: run the ServerApp and ClientApps on the engine ``simulation.backend`` names.
 
 Each engine is one module of this package with a function of the same signature; adding one
-is a module and an entry in :data:`ENGINES` (and a ``conf/simulation/`` option).
+is a module and an entry in :data:`fedlab.engines.registry.ENGINES` (and a
+``conf/simulation/`` option).
 """
 
 from __future__ import annotations
@@ -10,18 +11,13 @@ from collections.abc import Callable
 from importlib import import_module
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the config schema reads ENGINES: importing this module must stay cheap
+from fedlab.engines.registry import ENGINES
+
+if TYPE_CHECKING:
     from flwr.clientapp import ClientApp
     from flwr.serverapp import ServerApp
 
     from fedlab.config.schema import SimulationConfig
-
-#: ``simulation.backend`` -> "module:function" running one simulation (imported on use, so a
-#: run in-process never imports Ray).
-ENGINES: dict[str, str] = {
-    "ray": "fedlab.engines.ray:run_on_ray",
-    "inprocess": "fedlab.engines.inprocess:run_inprocess",
-}
 
 
 def engine(backend: str) -> Callable[[ServerApp, ClientApp, int, SimulationConfig], None]:
