@@ -59,6 +59,7 @@ __all__ = [  # pareto_front and Comparison are documented here too (docs/compare
     "CompareError",
     "Comparison",
     "compare",
+    "lineage_notes",
     "main",
     "markdown_report",
     "pareto_front",
@@ -186,7 +187,50 @@ def compare(
         seed_keys is not None,
     )
     notes.extend(honesty_notes(result))
+    notes.extend(lineage_notes(runs))
     return result
+
+
+def lineage_notes(runs: Sequence[Run], shown_labels: int = 6) -> list[str]:
+    """Whether the runs trained on the same examples split among the same clients: the
+    dataset and partition hashes each record's lineage holds (``results.json["lineage"]``).
+    Equal hashes mean equal arrays and equal client indices, which a config comparison
+    cannot promise (a dataset revised upstream, a partitioner changed by an upgrade).
+    Nothing is said when no run has a lineage (records from before fedlab wrote one)."""
+    pairs: dict[tuple[str, str], list[str]] = {}
+    missing = []
+    for run in runs:
+        entry = run.results.get("lineage")
+        if isinstance(entry, dict) and entry.get("dataset") and entry.get("partition"):
+            pairs.setdefault((entry["dataset"], entry["partition"]), []).append(run.label)
+        else:
+            missing.append(run.label)
+    if not pairs or len(runs) < 2:
+        return []
+
+    def listed(labels: list[str]) -> str:
+        more = len(labels) - shown_labels
+        return ", ".join(labels[:shown_labels]) + (f" and {more} more" if more > 0 else "")
+
+    notes = []
+    if len(pairs) == 1:
+        ((dataset, part), labels), = pairs.items()
+        who = f"all {len(runs)} runs" if not missing else f"{listed(labels)}"
+        notes.append(
+            f"{who} share data and partition (lineage: dataset sha256 {dataset[:12]}, "
+            f"partition {part[:12]}): the same examples held by the same clients"
+        )
+    else:
+        datasets = {d for d, _ in pairs}
+        groups = "; ".join(
+            f"dataset {d[:12]}/partition {p[:12]}: {listed(labels)}"
+            for (d, p), labels in pairs.items()
+        )
+        what = "data" if len(datasets) > 1 else "partition (same dataset)"
+        notes.append(f"runs differ in {what}, by lineage hashes: {groups}")
+    if missing:
+        notes.append(f"{len(missing)} run(s) have no lineage to compare data by: {listed(missing)}")
+    return notes
 
 
 def default_out(paths: Sequence[Path]) -> Path:

@@ -16,7 +16,7 @@ name one. A tracker says what it can do by what it declares:
 * hooks with defaults that do nothing: :meth:`prepare`, :meth:`initial_columns`,
   :meth:`start_round`, :meth:`end_round`,
   :meth:`wrap_strategy`, :meth:`train_config`, :meth:`console`, :meth:`final_fragment`,
-  :meth:`final_note`, :meth:`close`;
+  :meth:`final_note`, :meth:`close`, :meth:`published`;
 * :meth:`summary` (its ``results.json`` section) and :meth:`state_dict` /
   :meth:`load_state_dict` (its part of the checkpoint, as Opacus's accountants do);
 * :meth:`card_section`, the model card's section, written from the record alone.
@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 if TYPE_CHECKING:
+    from flwr.app import ArrayRecord
+
     from fedlab.config.experiment import Experiment
     from fedlab.data.partition import FederatedData
     from fedlab.fl.grid import RoundTally
@@ -95,13 +97,15 @@ class RoundContext:
     ``tally.rows`` are the round's ``clients.csv`` rows (trackers add their client columns to
     them in place); ``row`` is the round's ``rounds.csv`` row so far (trackers that run earlier
     have added theirs); ``clock`` is the seeded schedule, whose ``round_start_s`` and
-    ``phases_s`` give the round's place on the simulated clock.
+    ``phases_s`` give the round's place on the simulated clock; ``arrays`` is the new global
+    model (``tally.updates`` holds the clients' updates it was aggregated from).
     """
 
     server_round: int
     tally: RoundTally
     clock: Scheduler
     row: dict[str, Any]
+    arrays: ArrayRecord | None = None
 
 
 class Tracker:
@@ -185,6 +189,11 @@ class Tracker:
         """The run ended (whatever its status): release resources; return the final
         ``results.json`` section (default: :meth:`summary`). Called once."""
         return self.summary()
+
+    def published(self, status: str) -> None:
+        """The record is final (``results.json`` says ``status``) and its reports are written
+        (model card, curves): for a tracker that ships the record elsewhere (an experiment
+        tracker). Called once, after :meth:`close`, whatever the status."""
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-able state for the checkpoint."""

@@ -127,7 +127,8 @@ class Trackers:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         for tracker in self.active:
-            tracker.load_state_dict(state[tracker.name])
+            if tracker.name in state:  # a tracker added since the checkpoint starts afresh
+                tracker.load_state_dict(state[tracker.name])
 
     def close(self) -> dict[str, Any]:
         """End every tracker; their final sections (an inactive one's as when inactive)."""
@@ -135,3 +136,8 @@ class Trackers:
         for tracker in self.active:
             final[tracker.name] = tracker.close()
         return final
+
+    def published(self, status: str) -> None:
+        """The record and its reports are final: tell every tracker."""
+        for tracker in self.active:
+            tracker.published(status)
