@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -65,10 +67,11 @@ class InProcessGrid(_InProcessGrid):
 def run_inprocess(compose_cfg, tmp_path):
     """Run a whole experiment in-process; returns (experiment, record, grid)."""
     from fedlab.config.experiment import Experiment
-    from fedlab.fl.client_app import ClientSpec, build_client_app
+    from fedlab.fl.client_app import build_client_app
+    from fedlab.fl.client_state import STATE_DIR
     from fedlab.fl.server_app import run_server
     from fedlab.record.run_dir import RunRecord
-    from fedlab.run import open_record
+    from fedlab.run import _client_spec, open_record
     from fedlab.trackers.base import RunContext
     from fedlab.trackers.registry import Trackers
 
@@ -89,7 +92,8 @@ def run_inprocess(compose_cfg, tmp_path):
         fed, _ = exp.prepare()
         path = tmp_path / f"fed-{len(list(tmp_path.iterdir()))}.npz"
         fed.save(path)
-        spec = ClientSpec(str(path), dict(exp.cfg.model), exp.cfg.seed, 1)
+        state_dir = Path(resume or run_dir or tmp_path / f"run-{len(list(tmp_path.iterdir()))}")
+        spec = replace(_client_spec(exp, path, state_dir / STATE_DIR), torch_threads=1)
         grid = InProcessGrid(
             build_client_app(spec),
             exp.cfg.num_clients,
@@ -107,7 +111,7 @@ def run_inprocess(compose_cfg, tmp_path):
                 resume, saved.server_round, fresh.round_columns, fresh.client_columns
             )
         else:
-            record = open_record(exp, run_dir or tmp_path / f"run-{len(list(tmp_path.iterdir()))}")
+            record = open_record(exp, state_dir)
             record.start("{}", {"rounds_completed": 0})
         trackers = Trackers.build(RunContext(exp, fed, record.dir))
         run_server(grid, exp, fed, record, trackers, saved)

@@ -43,6 +43,8 @@ UNDECLARED = (
     "the strategy aggregates in its YAML (central DP allows: weighted_mean)"
 )
 MEAN_AGGREGATES = {"fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"}
+# personalized algorithms whose client update refuses central DP (docs/algorithms.md)
+PERSONAL_LAYERS = {"ditto", "fedbn", "fedper", "fedrep"}
 SHIPPED = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "strategy").glob("*.yaml"))
 
 
@@ -157,18 +159,22 @@ def test_shipped_strategies_keep_their_central_dp_decision(compose_cfg, strategy
     """The six mean-type strategies are allowed; median, trimmed mean, the Krum family and
     q-FedAvg (its loss-weighted step is not the mean the noise is sized for) are refused."""
     cfg = compose_cfg(f"strategy={strategy}", "privacy=central")
-    if strategy in MEAN_AGGREGATES:
+    if strategy in MEAN_AGGREGATES | {"moon", "finetune"}:
         assert cfg.strategy.aggregate == "weighted_mean"
         Experiment.from_config(cfg)
         return
     with pytest.raises(ConfigError) as err:
         Experiment.from_config(cfg)
+    if strategy in PERSONAL_LAYERS:  # a mean, but of models whose personal part stays home
+        assert cfg.strategy.aggregate == "weighted_mean" and err.value.key == "privacy.mode"
+        assert "defined for privacy=none" in str(err.value)
+        return
     assert err.value.key == "strategy.aggregate"
     assert f"'{cfg.strategy.aggregate}' (strategy '{strategy}')" in str(err.value)
 
 
 def test_every_shipped_strategy_declares_its_aggregate(compose_cfg) -> None:
-    assert len(SHIPPED) == 12
+    assert len(SHIPPED) == 21
     for strategy in SHIPPED:
         assert compose_cfg(f"strategy={strategy}").strategy.aggregate is not None, strategy
 

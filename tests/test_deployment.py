@@ -89,28 +89,34 @@ def test_a_node_derives_its_spec_and_prepares_data_once(tmp_path, compose_cfg, m
         assert (a == b).all()
 
 
+@pytest.mark.parametrize("extra", [(), ("strategy=scaffold", "num_rounds=3")])
 def test_deployed_clientapp_trains_like_the_simulation_one(
-    run_inprocess, tmp_path, monkeypatch
+    run_inprocess, tmp_path, monkeypatch, extra
 ) -> None:
-    """The module-level ClientApp (spec from run_config) gives the closure's model exactly."""
+    """The module-level ClientApp (spec from run_config) gives the closure's model exactly;
+    a stateful algorithm's nodes keep their clients' state in their own cache folder."""
     from fedlab.engines import deployment
 
+    overrides = (*OVERRIDES, *extra)
     monkeypatch.setenv(deployment.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setattr(deployment, "_specs", {})
 
     def deployed(spec):
         def app(msg, context):
-            context.run_config = {"overrides": " ".join(OVERRIDES)}
+            context.run_config = {"overrides": " ".join(overrides)}
             return deployment.clientapp(msg, context)
 
         return app
 
-    _, _, closure, _ = run_inprocess(*OVERRIDES)
-    _, _, from_run_config, _ = run_inprocess(*OVERRIDES, app_override={0: deployed, 1: deployed})
+    _, _, closure, _ = run_inprocess(*overrides)
+    _, _, from_run_config, _ = run_inprocess(*overrides, app_override={0: deployed, 1: deployed})
     a = load_model(closure.dir / "model.safetensors")
     b = load_model(from_run_config.dir / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert len(deployment._specs) == 1
+    if extra:  # node-local state, none in the server's run directory
+        assert sorted(p.name for p in (tmp_path / "cache" / "client_state").iterdir())
+        assert not (from_run_config.dir / "client_state").exists()
 
 
 def test_polling_grid_collects_replies_and_respects_the_timeout() -> None:

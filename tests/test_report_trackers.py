@@ -149,7 +149,7 @@ def test_builtin_metrics_and_fronts_keep_their_columns() -> None:
         "accuracy", "loss", "federated_accuracy", "federated_loss",
         "epsilon", "delta", "energy_kwh", "emissions_kg", "compute_kg", "communication_kg",
         "bytes", "bytes_down", "bytes_up", "rounds_completed", "duration_s",
-        "edge_kwh", "edge_kg", "sim_time_s",
+        "edge_kwh", "edge_kg", "sim_time_s", "personalized_accuracy", "personalized_worst_10pct",
     ]  # fmt: skip
     fronts = fronts_for(metrics)
     assert [(f.name, f.cost) for f in fronts] == [

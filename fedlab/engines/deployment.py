@@ -138,7 +138,10 @@ def client_spec(context: Context) -> ClientSpec:
     if key not in _specs:
         raw = compose_config(overrides)
         exp = Experiment.from_config(raw)
-        _specs[key] = _client_spec(exp, cached_federation(exp, raw, _cache_dir(context)))
+        cache = _cache_dir(context)
+        # a stateful algorithm's per-client state stays on this node, one folder per run
+        state = cache / "client_state" / f"run-{context.run_id}"
+        _specs[key] = _client_spec(exp, cached_federation(exp, raw, cache), state)
     return _specs[key]
 
 

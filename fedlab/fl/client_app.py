@@ -15,7 +15,7 @@ import copy
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
@@ -25,6 +25,8 @@ from flwr.clientapp import ClientApp
 
 from fedlab.data.datasets import ArraySplit
 from fedlab.data.partition import FederatedData, load_cached
+from fedlab.fl.algorithms.base import ClientUpdate, ExtraLoss, LocalJob
+from fedlab.fl.client_state import ClientStateStore
 from fedlab.fl.model import build_model
 from fedlab.fl.training import (
     TrainResult,
@@ -48,6 +50,9 @@ class ClientSpec:
     seed: int
     torch_threads: int = 1
     clipping_mod: str | None = None  # "fixed" | "adaptive": central DP clipped by the clients
+    # the algorithm's client side (strategy.client_update: _target_ and options; {}: FedAvg's)
+    client_update: dict[str, Any] = field(default_factory=dict)
+    state_dir: str | None = None  # where stateful algorithms keep per-client state
 
 
 class InjectedFailure(RuntimeError):
@@ -100,12 +105,19 @@ def _warmup_key(spec: ClientSpec, config: ConfigRecord) -> tuple[Any, ...]:
 
 
 def _fit(
-    model: torch.nn.Module, data: ArraySplit, config: ConfigRecord, epochs: float, seed: int
+    model: torch.nn.Module,
+    data: ArraySplit,
+    config: ConfigRecord,
+    epochs: float,
+    seed: int,
+    extra_loss: ExtraLoss | None = None,
+    params: list[torch.nn.Parameter] | None = None,
 ) -> tuple[TrainResult, dict[str, float | int]]:
     """Local training as the message's config asks (plain SGD/Adam or DP-SGD, FedProx's
-    term), with its DP report's metrics (empty without DP-SGD)."""
+    term, an algorithm's ``extra_loss`` on its trainable ``params``), with its DP report's
+    metrics (empty without DP-SGD)."""
     optimizer = make_optimizer(
-        model.parameters(),
+        iter(params) if params is not None else model.parameters(),
         str(config["optimizer"]),
         float(config["lr"]),
         float(config["momentum"]),
@@ -118,7 +130,10 @@ def _fit(
         "proximal_mu": float(config.get("proximal-mu", 0.0)),
     }
     if "dp-noise-multiplier" not in config:
-        return train(model, data, generator=torch.Generator().manual_seed(seed), **common), {}
+        generator = torch.Generator().manual_seed(seed)
+        return train(model, data, generator=generator, extra_loss=extra_loss, **common), {}
+    # start-up refuses DP-SGD for client updates that add terms (ClientUpdate.privacy_modes)
+    assert extra_loss is None and params is None, "DP-SGD with an algorithm's own terms"
     result, report = train_private(  # privacy=local: DP-SGD
         model,
         data,
@@ -129,6 +144,70 @@ def _fit(
         **common,
     )
     return result, report.as_metrics()
+
+
+@cache
+def _client_update(target_json: str) -> ClientUpdate:
+    """The configured client update (one per process: updates hold only hyperparameters)."""
+    target = json.loads(target_json)
+    if not target:
+        return ClientUpdate()
+    from hydra.utils import instantiate
+
+    return instantiate(target)
+
+
+def client_update_of(spec: ClientSpec) -> ClientUpdate:
+    return _client_update(json.dumps(spec.client_update, sort_keys=True))
+
+
+class _Fit:
+    """:class:`fedlab.fl.algorithms.base.Fit` for one client's round: every pass seeded by
+    (run seed, round, client, stream); the main pass's DP-SGD report kept for the reply."""
+
+    def __init__(self, spec: ClientSpec, config: ConfigRecord, pid: int, data: ArraySplit):
+        self.spec, self.config, self.pid, self.data = spec, config, pid, data
+        self.server_round = int(config["server-round"])
+        self.dp_metrics: dict[str, float | int] = {}
+
+    def __call__(
+        self,
+        model: torch.nn.Module,
+        data: ArraySplit | None = None,
+        *,
+        epochs: float | None = None,
+        extra_loss: ExtraLoss | None = None,
+        params: list[torch.nn.Parameter] | None = None,
+        stream: int = 2,
+    ) -> TrainResult:
+        epochs = float(self.config["local-epochs"]) if epochs is None else epochs
+        seed = seed_for(self.spec.seed, self.server_round, self.pid, stream)
+        result, dp = _fit(
+            model, data or self.data, self.config, epochs, seed, extra_loss, params
+        )
+        if stream == 2:
+            self.dp_metrics = dp
+        return result
+
+
+def _job(
+    spec: ClientSpec, msg: Message, model: torch.nn.Module, data: ArraySplit, pid: int,
+    update: ClientUpdate, before_round: int,
+) -> LocalJob:
+    """The client update's view of this round (its saved state loaded when it keeps one)."""
+    config = msg.content["config"]
+    state = (
+        ClientStateStore(spec.state_dir).load(pid, before_round)
+        if update.stateful and spec.state_dir
+        else {}
+    )
+    received = {
+        name: record.to_torch_state_dict()
+        for name, record in msg.content.array_records.items()
+        if name != "arrays"
+    }
+    fit = _Fit(spec, config, pid, data)
+    return LocalJob(model, data, config, received, state, fit, fit.server_round, pid)
 
 
 def build_client_app(spec: ClientSpec | Callable[[Context], ClientSpec]) -> ClientApp:
@@ -184,9 +263,12 @@ def build_client_app(spec: ClientSpec | Callable[[Context], ClientSpec]) -> Clie
         started, cpu_started = time.perf_counter(), time.process_time()
         torch.manual_seed(seed_for(spec.seed, server_round, pid, 1))
         initial_loss = evaluate(model, data)[0] if config.get("report-initial-loss") else None
-        epochs = float(config["local-epochs"])
-        seed = seed_for(spec.seed, server_round, pid, 2)
-        result, dp_metrics = _fit(model, data, config, epochs, seed)
+        update = client_update_of(spec)
+        job = _job(spec, msg, model, data, pid, update, before_round=server_round)
+        local = update.train(job)
+        if update.stateful and local.state is not None and spec.state_dir:
+            ClientStateStore(spec.state_dir).save(pid, server_round, local.state)
+        result = local.result
         metrics = {
             # Central DP's accounting needs equal weights: each client is one user.
             "num-examples": 1 if config.get("equal-weights") else len(data),
@@ -201,9 +283,11 @@ def build_client_app(spec: ClientSpec | Callable[[Context], ClientSpec]) -> Clie
         }
         if initial_loss is not None:
             metrics["initial-loss"] = initial_loss
-        metrics.update(dp_metrics)
+        metrics.update(local.metrics)
+        metrics.update(job.fit.dp_metrics)  # type: ignore[attr-defined]
+        records = {name: ArrayRecord(arrays) for name, arrays in local.extra.items()}
         content = RecordDict(
-            {"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)}
+            {"arrays": ArrayRecord(local.arrays), **records, "metrics": MetricRecord(metrics)}
         )
         return Message(content, reply_to=msg)
 
@@ -213,7 +297,7 @@ def build_client_app(spec: ClientSpec | Callable[[Context], ClientSpec]) -> Clie
         _set_threads(spec.torch_threads)
         pid = _partition_id(context)
         fed = load_cached(spec.data_path)
-        _, data = fed.client(pid)
+        train_data, data = fed.client(pid)
         model = _model(spec, fed, msg.content["arrays"])
         warmup_cpu_s = (
             warm_up(
@@ -225,10 +309,20 @@ def build_client_app(spec: ClientSpec | Callable[[Context], ClientSpec]) -> Clie
         )
         started, cpu_started = time.perf_counter(), time.process_time()
         loss, accuracy = evaluate(model, data) if len(data) else (0.0, 0.0)
+        personal_loss, personal_accuracy = loss, accuracy
+        update = client_update_of(spec)
+        if len(data) and "server-round" in msg.content["config"]:
+            # the model this client would use: its state is the one saved this round
+            server_round = int(msg.content["config"]["server-round"])
+            job = _job(spec, msg, model, train_data, pid, update, before_round=server_round + 1)
+            if (personal := update.personalize(job)) is not None:
+                personal_loss, personal_accuracy = evaluate(personal, data)
         metrics = {
             "num-examples": len(data),
             "loss": loss,
             "accuracy": accuracy,
+            "personal-loss": personal_loss,
+            "personal-accuracy": personal_accuracy,
             "partition-id": pid,
             "duration-s": time.perf_counter() - started,
             "cpu-s": time.process_time() - cpu_started,

@@ -43,6 +43,9 @@ class RoundTally:
     plan: RoundPlan
     started: float = field(default_factory=time.perf_counter)
     rows: list[dict[str, Any]] = field(default_factory=list)
+    # partition id -> the arrays of its accepted training reply (references, dropped with the
+    # tally at the next round): what trackers compare with the aggregate
+    updates: dict[int, Any] = field(default_factory=dict)
 
     def count(self, phase: str, status: str) -> int:
         return sum(1 for r in self.rows if r["phase"] == phase and r["status"] == status)
@@ -95,7 +98,11 @@ class FedlabGrid:
         """Wait for every SuperNode, then learn which partition each node holds.
 
         The ServerApp starts before the simulated SuperNodes register, and Flower would sample
-        from whoever is there; a query message to every node returns its partition id.
+        from whoever is there; a query message to every node returns its partition id. A Grid
+        that holds its nodes' Contexts itself (``contexts``: node id -> Context, as fedlab's
+        in-process engine does) already knows every node's ``partition-id``: it is read from
+        there, because a query per node costs a ClientApp call each (10,000 clients: seconds
+        on the in-process engine, minutes as Ray actor calls) before the first round.
         """
         deadline = time.monotonic() + timeout_s
         while len(nodes := list(self._grid.get_node_ids())) < num_clients:
@@ -105,10 +112,16 @@ class FedlabGrid:
                     "(simulation.connect_timeout_s)"
                 )
             time.sleep(0.05)
+        contexts = getattr(self._grid, "contexts", None)
+        if isinstance(contexts, dict):
+            self.node_of = {
+                int(ctx.node_config["partition-id"]): node for node, ctx in contexts.items()
+            }
+            nodes = []
         queries = [
             Message(content=RecordDict(), dst_node_id=node, message_type="query") for node in nodes
         ]
-        for reply in self._grid.send_and_receive(queries, timeout=timeout_s):
+        for reply in self._grid.send_and_receive(queries, timeout=timeout_s) if queries else ():
             if reply.has_error():
                 raise RuntimeError(f"a client failed to start: {reply.error.reason}")
             pid = int(reply.content["info"]["partition-id"])
@@ -140,7 +153,7 @@ class FedlabGrid:
         assert self.tally is not None, "strategies must configure rounds through view()"
         plan = self.tally.plan
         outgoing: list[Message] = []
-        sent: dict[int, tuple[str, int, dict[str, tuple[int, ...]]]] = {}
+        sent: dict[int, tuple[str, int, dict[tuple[str, str], tuple[int, ...]]]] = {}
         for msg in messages:
             pid = self.partition_of[msg.metadata.dst_node_id]
             content = msg.content
@@ -154,7 +167,7 @@ class FedlabGrid:
                 )
             arrays = content.array_records
             down = sum(a.count_bytes() for a in arrays.values())
-            shapes = {k: v.shape for a in arrays.values() for k, v in a.items()}
+            shapes = {(name, k): v.shape for name, a in arrays.items() for k, v in a.items()}
             sent[pid] = (msg.metadata.message_type, down, shapes)
             outgoing.append(msg)
         if not outgoing:
@@ -181,6 +194,8 @@ class FedlabGrid:
             self.tally.rows.append(row)
             if row["status"] == "ok":
                 valid.append((pid, reply))
+                if phase == "train":
+                    self.tally.updates[pid] = reply.content.array_records
         for pid in sorted(set(sent) - answered):
             self.tally.rows.append(
                 _row(
@@ -212,14 +227,21 @@ def _first_line(text: str) -> str:
     return lines[-1][:300] if lines else "unknown error"
 
 
-def _check_update(arrays: Any, shapes: dict[str, tuple[int, ...]]) -> str | None:
-    """Why an update must not be aggregated (wrong keys or shapes, NaN/inf), or None."""
-    received = {k: v for a in arrays.values() for k, v in a.items()}
-    if set(received) != set(shapes):
-        return "malformed update: parameter names differ from the global model"
-    for key, array in received.items():
-        if tuple(array.shape) != tuple(shapes[key]):
-            return f"malformed update: {key} has shape {tuple(array.shape)}, expected {shapes[key]}"
+def _check_update(arrays: Any, shapes: dict[tuple[str, str], tuple[int, ...]]) -> str | None:
+    """Why an update must not be aggregated (an entry the server did not send, a wrong shape,
+    NaN/inf), or None. A client may send back only part of what it got: algorithms that keep
+    layers at home (FedBN, FedPer) do, and the strategy fills in the rest."""
+    received = {(name, k): v for name, a in arrays.items() for k, v in a.items()}
+    if not received:
+        return "malformed update: no arrays"
+    for (name, key), array in received.items():
+        if (name, key) not in shapes:
+            return f"malformed update: {name}/{key} is not an entry the server sent"
+        if tuple(array.shape) != tuple(shapes[name, key]):
+            return (
+                f"malformed update: {key} has shape {tuple(array.shape)}, "
+                f"expected {shapes[name, key]}"
+            )
         if not np.isfinite(array.numpy()).all():
             return f"malformed update: {key} contains NaN or inf"
     return None
@@ -237,6 +259,8 @@ _EVALUATE_COLUMNS = {
     "num-examples": "num_examples",
     "loss": "loss",
     "accuracy": "accuracy",
+    "personal-loss": "personal_loss",
+    "personal-accuracy": "personal_accuracy",
     "duration-s": "duration_s",
     "cpu-s": "cpu_s",
 }

@@ -1,8 +1,10 @@
 """Models: the PyTorch networks clients train.
 
 Every model takes ``input_shape`` and ``num_classes`` (filled in from the dataset) plus its own
-settings from ``conf/model/``. Only layers Opacus can compute per-sample gradients for are used
-(GroupNorm, never BatchNorm), so every model works with ``privacy=local``.
+settings from ``conf/model/``. By default only layers Opacus can compute per-sample gradients
+for are used (GroupNorm, not BatchNorm), so every model works with ``privacy=local``;
+``norm: batch`` (MLP, CNN) adds BatchNorm for the algorithms that need it (FedBN), and is
+refused with DP-SGD at start-up.
 """
 
 from __future__ import annotations
@@ -38,16 +40,22 @@ class MLP(nn.Module):
         num_classes: int,
         hidden: tuple[int, ...] | list[int] = (128,),
         dropout: float = 0.0,
+        norm: str = "none",
     ) -> None:
         super().__init__()
         if any(h < 1 for h in hidden):
             raise ValueError(f"hidden layer sizes must be >= 1, got {list(hidden)}")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if norm not in ("none", "batch"):
+            raise ValueError(f"norm must be none or batch, got '{norm}'")
         layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(input_shape)
         for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU()]
+            layers.append(nn.Linear(width, h))
+            if norm == "batch":
+                layers.append(nn.BatchNorm1d(h))
+            layers.append(nn.ReLU())
             if dropout:
                 layers.append(nn.Dropout(dropout))
             width = h
@@ -72,20 +80,23 @@ class CNN(nn.Module):
         channels: tuple[int, ...] | list[int] = (16, 32),
         groups: int = 4,
         hidden: int = 64,
+        norm: str = "group",
     ) -> None:
         super().__init__()
         if len(input_shape) != 3:
             raise ValueError(
                 f"needs image input (channels, height, width), got shape {tuple(input_shape)}"
             )
-        if any(c % groups for c in channels):
+        if norm not in ("group", "batch"):
+            raise ValueError(f"norm must be group or batch, got '{norm}'")
+        if norm == "group" and any(c % groups for c in channels):
             raise ValueError(f"every channel count must be divisible by groups={groups}")
         blocks: list[nn.Module] = []
         in_ch, size = input_shape[0], min(input_shape[1:])
         for out_ch in channels:
             blocks += [
                 nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1),
-                nn.GroupNorm(groups, out_ch),
+                nn.GroupNorm(groups, out_ch) if norm == "group" else nn.BatchNorm2d(out_ch),
                 nn.ReLU(),
             ]
             if size > 4:

@@ -12,12 +12,13 @@ from logging import getLogger
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from fedlab.config.experiment import Experiment
 from fedlab.console import round_line
 from fedlab.data.partition import FederatedData
+from fedlab.fl.evaluation import personalized_section
 from fedlab.fl.grid import FedlabGrid, RoundTally
 from fedlab.fl.model import build_model
 from fedlab.fl.strategy import build_strategy
@@ -72,7 +73,9 @@ class RoundCloser:
                 row.update(tracker.initial_columns())
         else:
             try:
-                self.trackers.end_round(RoundContext(server_round, tally, self.grid.scheduler, row))
+                self.trackers.end_round(
+                    RoundContext(server_round, tally, self.grid.scheduler, row, arrays)
+                )
             except StopRun as err:  # the round happened: record it, then stop
                 stop = err
         self.record.add_round(row, tally.rows if tally else [])
@@ -83,6 +86,11 @@ class RoundCloser:
             loss=loss,
             federated_accuracy=row["federated_accuracy"],
             federated_loss=row["federated_loss"],
+            **(
+                {"personalized_accuracy": personalized_section(tally.rows, server_round)}
+                if tally is not None and tally.count("evaluate", "ok")
+                else {}
+            ),
             communication={
                 key: sum(r.get(key) or 0 for r in self.record.rounds)
                 for key in ("bytes_down", "bytes_up")
@@ -156,11 +164,14 @@ def round_row(
         "elapsed_s": round(elapsed, 3),
     }
     if tally is None:
-        return row | {"federated_loss": None, "federated_accuracy": None}
+        return row | {
+            "federated_loss": None, "federated_accuracy": None, "personalized_accuracy": None
+        }
     plan = tally.plan
     return row | {
         "federated_loss": tally.weighted("evaluate", "loss"),
         "federated_accuracy": tally.weighted("evaluate", "accuracy"),
+        "personalized_accuracy": tally.weighted("evaluate", "personal_accuracy"),
         "train_loss": tally.weighted("train", "train_loss"),
         "clients_sampled": len(plan.sampled),
         "clients_trained": len(plan.epochs),
@@ -213,7 +224,8 @@ def run_server(
         num_rounds=cfg.num_rounds - done,
         timeout=cfg.simulation.round_timeout_s,
         train_config=exp.train_config(trackers.train_config()),
-        evaluate_config=ConfigRecord(),
+        # the training settings too: a client that personalizes by fine-tuning needs them
+        evaluate_config=exp.train_config(),
         evaluate_fn=RoundCloser(exp, fed, fedlab_grid, record, trackers, strategy, done),
     )
     final = result.arrays if len(result.arrays) else initial

@@ -139,3 +139,63 @@ def build_strategy(cfg: StrategyConfig) -> Strategy:
         return scheduled(**kwargs)
     except TypeError as err:
         raise ConfigError("strategy.flower", f"{cls.__name__}: {err}") from None
+
+
+def _client_update_class(cfg: Any) -> type | None:
+    """The class ``strategy.client_update._target_`` names (None: FedAvg's update)."""
+    from hydra.utils import get_class
+
+    from fedlab.fl.algorithms.base import ClientUpdate
+
+    target = dict(cfg.strategy.client_update).get("_target_")
+    if not cfg.strategy.client_update:
+        return None
+    try:
+        cls = get_class(str(target))
+    except Exception:
+        raise ConfigError(
+            "strategy.client_update._target_", f"cannot import '{target}'"
+        ) from None
+    if not (isinstance(cls, type) and issubclass(cls, ClientUpdate)):
+        raise ConfigError(
+            "strategy.client_update._target_",
+            f"'{target}' is not a fedlab.fl.algorithms.base.ClientUpdate",
+        )
+    return cls
+
+
+def check_client_update(cfg: Any) -> None:
+    """Refuse, before anything is written, a client update (``strategy.client_update``) that
+    cannot be built or is not defined for ``privacy.mode`` (its declarations say which)."""
+    from hydra.utils import instantiate
+
+    cls = _client_update_class(cfg)
+    if cls is None:
+        return
+    mode = cfg.privacy.mode
+    if mode not in cls.privacy_modes:
+        raise ConfigError(
+            "privacy.mode",
+            f"strategy={cfg.strategy.name} is defined for privacy="
+            f"{'|'.join(cls.privacy_modes)} only, got {mode}: {cls.privacy_reason}",
+        )
+    try:
+        instantiate(dict(cfg.strategy.client_update))
+    except Exception as err:
+        cause = err.__cause__ or err
+        raise ConfigError("strategy.client_update", str(cause).splitlines()[0]) from None
+
+
+def check_model_fits(cfg: Any, model: Any) -> None:
+    """Refuse a model DP-SGD cannot train (Opacus's own validator: BatchNorm, say) with
+    ``privacy=local``, and one the client update says it cannot work with (FedBN without
+    normalization layers): checks that need the built model."""
+    if cfg.privacy.mode == "local":
+        from opacus.validators import ModuleValidator
+
+        if errors := ModuleValidator.validate(model, strict=False):
+            first = str(errors[0]).split(". ")[0]
+            raise ConfigError("model", f"privacy=local (DP-SGD) cannot train it: {first}")
+    cls = _client_update_class(cfg)
+    if cls is not None and (problem := cls.check(model, cfg)):
+        raise ConfigError(*problem)

@@ -90,12 +90,15 @@ def train(
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
     proximal_mu: float = 0.0,
+    extra_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for ``epochs`` (a float: stragglers do part of an epoch).
 
     With ``proximal_mu > 0`` the FedProx proximal term mu/2 * ||w - w_global||^2 is added to
     the loss, w_global being the weights the model had on entry (Flower's FedProx only sends
-    mu; the client must add the term itself).
+    mu; the client must add the term itself). ``extra_loss(x, logits)`` is an algorithm's own
+    term (SCAFFOLD, FedDyn, MOON, Ditto: :mod:`fedlab.fl.algorithms`). The reported loss is the
+    cross-entropy alone, so algorithms compare on the same scale.
     """
     x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
     steps_per_epoch = math.ceil(len(y) / batch_size)
@@ -106,9 +109,12 @@ def train(
     total, seen = 0.0, 0
     for index in batches(len(y), batch_size, steps, generator):
         optimizer.zero_grad(set_to_none=True)
-        loss = criterion(model(x[index]), y[index])
+        logits = model(x[index])
+        loss = criterion(logits, y[index])
         total += loss.item() * len(index)
         seen += len(index)
+        if extra_loss is not None:
+            loss = loss + extra_loss(x[index], logits)
         if anchor:
             prox = sum(
                 (p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor, strict=True)

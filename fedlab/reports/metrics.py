@@ -72,6 +72,16 @@ QUALITY: tuple[Objective, ...] = (
     _own("federated_loss", fmt=".4f"),
 )
 
+#: Each client's accuracy with the model it would use (personalized FL; the global model
+#: otherwise): the mean over clients and the mean of the worst 10 %. Recorded since the
+#: personalized algorithms came, so last: older comparisons keep their columns' places.
+PERSONALIZED: tuple[Objective, ...] = (
+    _own("personalized_accuracy", ("personalized_accuracy", "mean"), direction="max",
+         header="pers. acc", fmt=".4f", optional=True),
+    _own("personalized_worst_10pct", ("personalized_accuracy", "worst_10pct"),
+         direction="max", header="worst 10%", fmt=".4f", optional=True),
+)
+
 #: What every run spends, whatever it tracks: traffic, rounds, wall-clock time.
 SPENT: tuple[Objective, ...] = (
     _own(
@@ -93,6 +103,7 @@ TARGETS: dict[str, tuple[bool, str]] = {
     "federated_accuracy": (True, "federated_accuracy"),
     "loss": (False, "central_loss"),
     "federated_loss": (False, "federated_loss"),
+    "personalized_accuracy": (True, "personalized_accuracy"),
 }
 
 
@@ -115,6 +126,7 @@ def metrics_for(trackers: Sequence[type[Tracker]]) -> list[Objective]:
         *(o for o in offered if not o.optional),
         *SPENT,
         *(o for o in offered if o.optional),
+        *PERSONALIZED,
     ]
     first: dict[str, Objective] = {}
     for metric in ordered:

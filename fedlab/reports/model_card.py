@@ -14,20 +14,18 @@ user's tracker gets a section on the card without an edit here.
 
 from __future__ import annotations
 
-import math
 import shlex
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from fedlab.fl.evaluation import spread, worst_count
+from fedlab.record import lineage
 from fedlab.record.reader import Run, cell, load_run, number, shown
 from fedlab.record.run_dir import write_text
 
 CARD = "model_card.md"
-
-#: Share of clients whose mean accuracy is reported as the worst-off group.
-WORST_SHARE = 0.10
 
 
 def write_model_card(run_dir: Path) -> Path:
@@ -42,6 +40,8 @@ def write_model_card(run_dir: Path) -> Path:
         _metrics(run),
         _fairness(run.clients),
         _robustness(run),
+        lineage_section(run),
+        gate_section(run),
         *tracker_sections(run),
         _reproduce(run),
     ]
@@ -177,11 +177,33 @@ def _metrics(run: Run) -> str:
             f"{shown(r.get('loss'))} |",
             f"| federated (clients' local test splits, weighted by examples) | "
             f"{shown(r.get('federated_accuracy'))} | {shown(r.get('federated_loss'))} |",
+            *_personalized_rows(r.get("personalized_accuracy")),
             "",
             f"After {r.get('rounds_completed', 'n/a')} of {r.get('num_rounds', 'n/a')} rounds, "
             f"in {shown(r.get('duration_s'), '.1f')} s.",
         ]
     )
+
+
+def _personalized_rows(section: dict[str, Any] | None) -> list[str]:
+    """The personalized evaluation: each client's own model (the global one for algorithms
+    that do not personalize) on its own test split, beside the global model on the same."""
+    if not section or not section.get("clients"):
+        return []
+    g = section.get("global", {})
+    return [
+        "",
+        f"Per client, round {section['round']}, {section['clients']} clients (each client's "
+        "accuracy on its own test split; mean over clients, not weighted):",
+        "",
+        "| model each client uses | mean | worst 10 % | std | min | max |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        *(
+            f"| {label} | {shown(s.get('mean'))} | {shown(s.get('worst_10pct'))} | "
+            f"{shown(s.get('std'))} | {shown(s.get('min'))} | {shown(s.get('max'))} |"
+            for label, s in (("its personalized model", section), ("the global model", g))
+        ),
+    ]
 
 
 @dataclass(frozen=True)
@@ -194,7 +216,7 @@ class Fairness:
     std: float  # population std: these are all the clients evaluated, not a sample
     min: float
     max: float
-    worst_mean: float  # mean of the worst ceil(WORST_SHARE * clients) clients
+    worst_mean: float  # mean of the worst ceil(10 %) of the clients
     worst_count: int
 
 
@@ -215,17 +237,16 @@ def client_fairness(clients: Sequence[dict[str, str]]) -> Fairness | None:
     if not by_round:
         return None
     last = max(by_round)
-    values = sorted(by_round[last])
-    worst = max(1, math.ceil(WORST_SHARE * len(values)))
+    s = spread(by_round[last])  # the rule the record's personalized_accuracy uses too
     return Fairness(
         round=last,
-        clients=len(values),
-        mean=statistics.fmean(values),
-        std=statistics.pstdev(values),
-        min=values[0],
-        max=values[-1],
-        worst_mean=statistics.fmean(values[:worst]),
-        worst_count=worst,
+        clients=s["clients"],
+        mean=s["mean"],
+        std=s["std"],
+        min=s["min"],
+        max=s["max"],
+        worst_mean=s["worst_10pct"],
+        worst_count=worst_count(s["clients"]),
     )
 
 
@@ -271,6 +292,69 @@ def _robustness(run: Run) -> str:
             "whether a straggler's partial work was aggregated or dropped).",
         ]
     )
+
+
+def lineage_section(run: Run) -> str:
+    """The chain of hashes the model came from (``lineage.json``) and its digest, which
+    ``fedlab-lineage`` checks this card against. Read, not verified: a card is written from
+    whatever the record holds, and verifying is the command's job."""
+    head = ["## Lineage", ""]
+    doc = lineage.read_lineage(run.path)
+    if doc is None or not isinstance(doc.get("digest"), str):
+        return "\n".join([*head, "Not recorded (a record from before fedlab wrote "
+                           "`lineage.json`, or a run that never closed)."])
+    values = {"dataset": "its arrays (re-derived by `--data`)", "code": "git commit and diff",
+              "results": "values in `results.json`"}
+    rows = [
+        f"| {stage['stage']} | `{str(stage.get('sha256'))[:16]}` | "
+        f"{', '.join(f'`{f}`' for f in stage.get('files') or {}) or values.get(name, 'values')} |"
+        for name, stage in lineage.stage_map(doc).items()
+    ]
+    return "\n".join([
+        *head,
+        lineage.card_digest_line(doc["digest"]),
+        "",
+        "Each stage's sha256 (first 16 hex digits; all of them in `lineage.json`): the dataset's "
+        "arrays, each client's indices, the resolved config, the code (git commit and "
+        "uncommitted diff), the last checkpoint, the final model, the per-round metrics and "
+        "the final results. `fedlab-lineage "
+        f"{run.path.name}` re-hashes the files and names the first that changed.",
+        "",
+        "| stage | sha256 | hashed from |",
+        "| --- | --- | --- |",
+        *rows,
+    ])
+
+
+def gate_section(run: Run) -> str:
+    """The release gate's verdict (``fedlab-gate``), rule by rule, as ``results.json`` holds
+    it; a run no policy was checked against says so."""
+    head = ["## Release gate", ""]
+    gate = run.section("gate")
+    if not gate:
+        return "\n".join([*head, "Not checked against a release policy "
+                           "(`fedlab-gate RUN_DIR --policy FILE` records a verdict here)."])
+    verdict = "**passed**" if gate.get("passed") else "**failed**"
+    sha = str(gate.get("policy_sha256"))[:16]
+    rows = [
+        f"| `{r.get('rule')}` | {r.get('bound')} | {_gate_value(r.get('value'))} | "
+        f"{'pass' if r.get('passed') else 'FAIL'} |"
+        for r in gate.get("rules") or []
+    ]
+    return "\n".join([
+        *head,
+        f"{verdict} against `{gate.get('policy')}` (sha256 `{sha}`) at {gate.get('at')}.",
+        "",
+        "| rule | bound | value | result |",
+        "| --- | --- | ---: | --- |",
+        *rows,
+    ])
+
+
+def _gate_value(value: object) -> str:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return format(value, ".6g")
+    return cell(value) or "n/a"
 
 
 def _reproduce(run: Run) -> str:
