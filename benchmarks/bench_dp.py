@@ -10,6 +10,11 @@ blocks). For each Opacus grad_sample_mode it reports
 * whether the mode is *correct*: the noise-free DP update on a fixed batch equals an
   independent per-sample-gradient loop, clipped by hand (max abs difference).
 
+Besides Opacus' modes (``ghost`` is its fast gradient clipping) it times one hand-written
+attempt at the 2x goal, ``torch.func`` (per-sample gradients by ``vmap(grad(loss))`` over a
+``functional_call``, clipping, noise and the SGD step written out, Poisson sampling as in
+Opacus), eagerly and under ``torch.compile``; it is checked against the same hand-clipped loop.
+
 Run: ``PYTHONPATH=. python benchmarks/bench_dp.py [--repeats 7] [--threads N]``.
 Prints a markdown table.
 """
@@ -137,24 +142,108 @@ def correctness_error(make_model: Callable[[], nn.Module], dataset: TensorDatase
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=9, help="timed epochs per setting")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (default 1: steadier on a shared box)")
-    parser.add_argument("--modes", nargs="*", default=list(GRAD_SAMPLE_MODES))
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+class FuncDPSGD:
+    """DP-SGD with ``torch.func`` per-sample gradients (the attempt, not fedlab's path).
+
+    Per Poisson batch: per-sample gradients of the summed loss by ``vmap(grad)``, each scaled
+    to norm <= clip, summed, Gaussian noise of std ``noise * clip`` added, divided by the
+    expected batch size (Opacus' convention), one SGD step. ``compiled`` wraps the
+    per-sample-gradient-and-clip function in ``torch.compile(dynamic=True)`` (Poisson batch
+    sizes vary, so static shapes would recompile per size).
+    """
+
+    def __init__(self, model: nn.Module, dataset: TensorDataset, noise: float, clip: float,
+                 compiled: bool = False, lr: float = LR) -> None:
+        from torch.func import functional_call, grad, vmap
+
+        self.model, self.noise, self.clip, self.lr = model, noise, clip, lr
+        self.x, self.y = dataset.tensors
+        self.rate = BATCH / len(self.y)
+        self.generator = torch.Generator().manual_seed(0)
+        self.names = [n for n, _ in model.named_parameters()]
+
+        def loss(params: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            out = functional_call(model, params, (x.unsqueeze(0),))
+            return nn.functional.cross_entropy(out, y.unsqueeze(0))
+
+        def clipped_sum(params: dict, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+            grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
+            flat = [grads[n].reshape(len(y), -1) for n in self.names]
+            norms = torch.cat(flat, dim=1).norm(dim=1)
+            scale = (self.clip / (norms + 1e-6)).clamp(max=1.0)
+            return [torch.einsum("b,b...->...", scale, grads[n]) for n in self.names]
+
+        self.clipped_sum = torch.compile(clipped_sum, dynamic=True) if compiled else clipped_sum
+
+    def fit_batch(self, x: torch.Tensor, y: torch.Tensor, noise: bool = True) -> None:
+        params = {n: p.detach() for n, p in self.model.named_parameters()}
+        summed = self.clipped_sum(params, x, y) if len(y) else [torch.zeros_like(p)
+                                                                for p in params.values()]
+        expected = self.rate * len(self.y)
+        with torch.no_grad():
+            for p, g in zip(self.model.parameters(), summed, strict=True):
+                if noise:
+                    g = g + torch.normal(0.0, self.noise * self.clip, p.shape,
+                                         generator=self.generator)
+                p -= self.lr * g / expected
+
+    def epoch(self) -> Phases:
+        """One epoch of Poisson batches (as many as Opacus' DPDataLoader draws)."""
+        t = {"load": 0.0, "forward": 0.0, "backward": 0.0, "step": 0.0}
+        for _ in range(-(-len(self.y) // BATCH)):
+            a = time.perf_counter()
+            mask = torch.rand(len(self.y), generator=self.generator) < self.rate
+            x, y = self.x[mask], self.y[mask]
+            b = time.perf_counter()
+            self.fit_batch(x, y)
+            t["load"] += b - a
+            t["backward"] += time.perf_counter() - b  # forward, backward and step together
+        return t
+
+
+def func_correctness_error(make_model: Callable[[], nn.Module], dataset: TensorDataset,
+                           compiled: bool) -> float:
+    """As :func:`correctness_error`, for :class:`FuncDPSGD` (noise off, clip 0.1, lr 1)."""
+    torch.manual_seed(0)
+    model = make_model()
+    reference = copy.deepcopy(model)
+    x, y = dataset.tensors[0][:BATCH], dataset.tensors[1][:BATCH]
+    clip = 0.1
+    dp = FuncDPSGD(model, dataset, 0.0, clip, compiled, lr=1.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    dp.fit_batch(x, y, noise=False)
+    expected = dp.rate * len(dataset)
+    total = [torch.zeros_like(p) for p in reference.parameters()]
+    for i in range(len(y)):
+        loss = nn.functional.cross_entropy(reference(x[i : i + 1]), y[i : i + 1])
+        grads = torch.autograd.grad(loss, list(reference.parameters()))
+        norm = float(torch.sqrt(sum((g**2).sum() for g in grads)))
+        for t, g in zip(total, grads, strict=True):
+            t += g * min(1.0, clip / (norm + 1e-6))
+    return max(
+        float(((p0 - p.detach()) - t / expected).abs().max())
+        for p0, p, t in zip(before, model.parameters(), total, strict=True)
+    )
+
+
+FUNC_ATTEMPTS = {"torch.func": False, "torch.func + compile": True}
+
+
+def main(quick: bool = False, repeats: int | None = None, threads: int = 1,
+         modes: list[str] | None = None, models: list[str] | None = None) -> dict:
+    """Every mode and attempt per model: rows of the table (JSON-able) and the table."""
+    repeats = repeats or (2 if quick else 9)
+    modes = list(GRAD_SAMPLE_MODES) if modes is None else modes
+    torch.set_num_threads(threads)
+    args = argparse.Namespace(repeats=repeats, modes=modes)
+    rows: list[dict] = []
     dataset = digits()
-    print(f"load_digits: {len(dataset)} samples, batch {BATCH}, one epoch per measurement; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); {args.repeats} "
-          f"timed epochs after 1 warm-up, settings interleaved round-robin; times are the fastest "
-          f"epoch (least disturbed by other load), ratio = fastest DP / fastest non-private; "
-          f"noise {NOISE}, clip {CLIP}\n")
     table = ["| model | mode | epoch (ms) | x non-private | load | forward | backward | step "
              "| DP steps/epoch | max abs err vs loop |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, make_model in MODELS.items():
+        if models and not any(m in name for m in models):
+            continue
         runners: dict[str, Callable[[], Phases]] = {"non-private": non_private_runner(make_model,
                                                                                     dataset)}
         sessions: dict[str, PrivateTraining] = {}
@@ -164,6 +253,11 @@ def main() -> None:
                 runners[mode], sessions[mode] = private_runner(make_model, dataset, mode)
             except Exception as exc:  # report unsupported combinations instead of dying
                 errors[mode] = f"{type(exc).__name__}: {exc}"
+        funcs: dict[str, FuncDPSGD] = {}
+        for attempt, compiled in FUNC_ATTEMPTS.items():
+            torch.manual_seed(0)
+            funcs[attempt] = FuncDPSGD(make_model(), dataset, NOISE, CLIP, compiled)
+            runners[attempt] = funcs[attempt].epoch
         results: dict[str, list[Phases]] = {k: [] for k in runners}
         for r in range(args.repeats + 1):
             for key, run in runners.items():
@@ -178,6 +272,9 @@ def main() -> None:
             phase = {k: v * 1e3 for k, v in fastest.items()}
             if key == "non-private":
                 steps, err = f"{-(-len(dataset) // BATCH)}", "-"
+            elif key in funcs:
+                steps = f"{-(-len(dataset) // BATCH)}"
+                err = f"{func_correctness_error(make_model, dataset, FUNC_ATTEMPTS[key]):.1e}"
             else:
                 steps = f"{sessions[key].steps // (args.repeats + 1)}"
                 sessions[key].close()
@@ -187,10 +284,31 @@ def main() -> None:
                 f"{phase['load']:.1f} | {phase['forward']:.1f} | {phase['backward']:.1f} | "
                 f"{phase['step']:.1f} | {steps} | {err} |"
             )
+            rows.append({"model": name, "mode": key, "epoch_ms": total * 1e3, "ratio": ratio,
+                         "phases_ms": phase, "max_abs_error": None if err == "-" else float(err)})
         for mode, msg in errors.items():
             table.append(f"| {name} | {mode} | failed: {msg} | | | | | | | |")
-    print("\n".join(table))
+    return {"rows": rows, "table": "\n".join(table), "repeats": repeats, "threads": threads,
+            "statistic": "fastest epoch of the repeats, settings interleaved round-robin"}
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=9, help="timed epochs per setting")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default 1: steadier on a shared box)")
+    parser.add_argument("--modes", nargs="*", default=list(GRAD_SAMPLE_MODES))
+    parser.add_argument("--models", nargs="*", help="substrings of model names (default all)")
+    args = parser.parse_args()
+    dataset = digits()
+    print(f"load_digits: {len(dataset)} samples, batch {BATCH}, one epoch per measurement; "
+          f"torch {torch.__version__}, {args.threads} thread(s); {args.repeats} "
+          f"timed epochs after 1 warm-up, settings interleaved round-robin; times are the fastest "
+          f"epoch (least disturbed by other load), ratio = fastest DP / fastest non-private; "
+          f"noise {NOISE}, clip {CLIP}\n")
+    print(main(repeats=args.repeats, threads=args.threads, modes=args.modes,
+               models=args.models)["table"])
 
 
 if __name__ == "__main__":
-    main()
+    cli()

@@ -221,9 +221,8 @@ def _leave_interrupted(run_dir: Path, code: int) -> NoReturn:
     )
     sys.stdout.flush()
     try:
-        import ray
-
-        ray.shutdown()
+        if "ray" in sys.modules:  # only a Ray run has Ray to stop; importing it costs seconds
+            sys.modules["ray"].shutdown()
     finally:
         os._exit(code)
 

@@ -7,6 +7,19 @@ for a 10-sample step of a 12-weight model. Here the circuit is compiled once int
 tensors, the whole batch is evolved at once as a (batch, 2, ..., 2) complex128 tensor, and
 gradients come from autograd (exact backpropagation, equal to parameter shift up to rounding).
 The expectation values are EstimatorQNN's on an exact estimator, which a test checks to 1e-6.
+
+The compiled gate list is then rewritten into fewer, cheaper tensor operations (the cost past
+~8 qubits was moving state axes: every gate copied the whole state twice to bring its qubits
+last and back):
+
+* single-qubit gates that come before any multi-qubit gate on their qubit commute to the front
+  and act on that qubit's |0> alone, so the state after them is a product state built with
+  n - 1 outer products instead of one full-state update per gate (a feature map plus the
+  ansatz's first rotation layer, for the classifier here);
+* gates whose matrix is a permutation (X, CX, SWAP, CCX chains) become one index gather on the
+  flat state, and consecutive ones are fused into a single gather;
+* the remaining single-qubit gates update the two halves of a reshaped *view* of the state
+  elementwise, with no axis moves; only other multi-qubit gates take the general path.
 """
 
 from __future__ import annotations
@@ -116,6 +129,61 @@ def _apply(state: torch.Tensor, matrix: torch.Tensor, axes: tuple[int, ...]) -> 
     return flat.reshape(shape).movedim(tail, axes)
 
 
+def _apply_one(psi: torch.Tensor, matrix: torch.Tensor, qubit: int) -> torch.Tensor:
+    """Apply a (batch|1, 2, 2) or (2, 2) gate to ``qubit`` of a flat (batch, 2**n) state.
+
+    The flat state viewed as (batch, high, 2, low) puts the qubit's bit in the middle axis
+    (qubit q is bit q of the index, so low = 2**q): no axis moves, four products and two sums.
+    """
+    batch = psi.shape[0]
+    view = psi.view(batch, -1, 2, 2**qubit)
+    a, b = view[:, :, 0], view[:, :, 1]
+    m = matrix.reshape(-1, 2, 2)[:, :, :, None, None]  # (batch|1, 2, 2, 1, 1)
+    top = m[:, 0, 0] * a + m[:, 0, 1] * b
+    bottom = m[:, 1, 0] * a + m[:, 1, 1] * b
+    return torch.stack((top, bottom), dim=2).reshape(batch, -1)
+
+
+def _permutation(gate: _Gate, num_qubits: int) -> torch.Tensor | None:
+    """For a fixed gate whose matrix is a permutation, the gather index ``src`` with
+    new_state[j] = state[src[j]] on the flat state; None for any other gate.
+
+    Applying the gate to a "state" holding each basis index as its amplitude gives exactly
+    that index (new[j] = sum_k M[j, k] k = pi^-1(j)), with the same axis code as every gate.
+    """
+    m = gate.fixed
+    if m is None or not bool(((m == 0) | (m == 1)).all()) or not bool((m.sum(0) == 1).all()):
+        return None
+    if not bool((m.abs().sum(1) == 1).all()):
+        return None
+    index = torch.arange(2**num_qubits, dtype=torch.double).reshape((1,) + (2,) * num_qubits)
+    moved = _apply(index, m.real.to(torch.double), gate.axes).reshape(-1)
+    return moved.round().to(torch.long)
+
+
+def _optimize(
+    gates: list[_Gate], num_qubits: int
+) -> tuple[list[list[_Gate]], list[_Gate | torch.Tensor]]:
+    """Split compiled gates into per-qubit product-state prefixes and a program of steps
+    (gates, or fused permutation gathers). Same unitary up to commuting disjoint gates."""
+    prefix: list[list[_Gate]] = [[] for _ in range(num_qubits)]
+    entangled: set[int] = set()
+    program: list[_Gate | torch.Tensor] = []
+    for gate in gates:
+        qubits = {num_qubits - axis for axis in gate.axes}
+        if len(qubits) == 1 and not qubits & entangled:
+            prefix[next(iter(qubits))].append(gate)
+            continue
+        if len(qubits) > 1:
+            entangled |= qubits
+        perm = _permutation(gate, num_qubits)
+        if perm is not None and program and isinstance(program[-1], torch.Tensor):
+            program[-1] = program[-1][perm]  # old[src1][src2] = old[src1[src2]]
+        else:
+            program.append(perm if perm is not None else gate)
+    return prefix, program
+
+
 def _pauli_tables(
     observable: SparsePauliOp, num_qubits: int
 ) -> list[tuple[torch.Tensor | None, torch.Tensor]]:
@@ -199,11 +267,12 @@ class StatevectorQNN(torch.nn.Module):
             else:
                 raise ValueError(f"no torch form for symbolic gate {op.name!r}")
         self._observables = [_pauli_tables(o, n) for o in observables]
+        self._prefix, self._program = _optimize(self._gates, n)
 
     def __getstate__(self) -> dict[str, Any]:
         """Drop the compiled closures (not picklable); ``__setstate__`` recompiles them."""
         state = self.__dict__.copy()
-        del state["_gates"], state["_observables"]
+        del state["_gates"], state["_observables"], state["_prefix"], state["_program"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -219,11 +288,24 @@ class StatevectorQNN(torch.nn.Module):
         values = torch.cat(
             [inputs.to(torch.double), self.weight.to(torch.double).expand(batch, -1)], dim=1
         )
-        state = torch.zeros((batch,) + (2,) * self.num_qubits, dtype=torch.cdouble)
-        state.view(batch, -1)[:, 0] = 1
-        for gate in self._gates:
-            state = _apply(state, gate.matrix(values), gate.axes)
-        return state.reshape(batch, -1)
+        n = self.num_qubits
+        psi = None
+        for qubit in range(n - 1, -1, -1):  # most significant first: kron(v_{n-1}, ..., v_0)
+            v = torch.zeros((batch, 2), dtype=torch.cdouble)
+            v[:, 0] = 1
+            for gate in self._prefix[qubit]:
+                v = (gate.matrix(values) @ v.unsqueeze(-1)).squeeze(-1)
+            psi = v if psi is None else (psi.unsqueeze(-1) * v.unsqueeze(1)).reshape(batch, -1)
+        assert psi is not None
+        for step in self._program:
+            if isinstance(step, torch.Tensor):  # a fused permutation: new[j] = old[src[j]]
+                psi = psi[:, step]
+            elif len(step.axes) == 1:
+                psi = _apply_one(psi, step.matrix(values), n - step.axes[0])
+            else:
+                shaped = psi.reshape((batch,) + (2,) * n)
+                psi = _apply(shaped, step.matrix(values), step.axes).reshape(batch, -1)
+        return psi
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """Expectation values, shape (batch, num_observables), in the input's float dtype."""

@@ -171,7 +171,8 @@ def test_joblib_sweep_runs_in_parallel(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     result = subprocess.run(
         [str(EXE), "-m", "hydra/launcher=parallel", "num_clients=2", "num_rounds=1",
-         "carbon=off", "simulation.ray_num_cpus=1", "seed=1,2", f"hydra.sweep.dir={sweep}"],
+         "carbon=off", "simulation=local", "simulation.ray_num_cpus=1", "seed=1,2",
+         f"hydra.sweep.dir={sweep}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

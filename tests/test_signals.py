@@ -45,8 +45,10 @@ def test_terminating_signal_ends_the_run_as_interrupted(tmp_path: Path, signum: 
 
 
 @pytest.mark.simulation
-def test_sigterm_on_ray_is_an_interruption_not_an_abort(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["local", "pool"], ids=["ray", "pool"])
+def test_sigterm_on_ray_is_an_interruption_not_an_abort(tmp_path: Path, engine: str) -> None:
+    """On Ray and on the process pool (the default engine here), SIGTERM interrupts."""
     run_dir = tmp_path / "run"
-    code, output, results = _signal_mid_run(run_dir, signal.SIGTERM)
+    code, output, results = _signal_mid_run(run_dir, signal.SIGTERM, f"simulation={engine}")
     assert code == 143, output[-2000:]
     assert results["status"] == "interrupted" and results["error"] == "SIGTERM received"

@@ -27,7 +27,7 @@ def _fedlab_run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def test_run_on_ray_writes_a_complete_record(tmp_path: Path, run_inprocess) -> None:
     run_dir = tmp_path / "run"
-    result = _fedlab_run(*ARGS, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    result = _fedlab_run(*ARGS, "simulation=local", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     lines = result.stdout.splitlines()
     assert sum(line.startswith("round ") for line in lines) == 4  # rounds 0..3, one line each
     assert "completed 3 rounds" in result.stdout and "gCO2e" in result.stdout
@@ -87,7 +87,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path: Path, run_inprocess) ->
     import time
 
     args = ["num_clients=4", "num_rounds=12", "model.hidden=[32]", "strategy=fedadam",
-            "privacy=local", "client.local_epochs=3"]
+            "privacy=local", "client.local_epochs=3", "simulation=local"]
     run_dir = tmp_path / "run"
     process = subprocess.Popen([str(EXE), *args, f"hydra.run.dir={run_dir}"], cwd=tmp_path,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -8,12 +8,21 @@ the feature arrays in numpy, so partitioning a 1000-client federation costs mill
 The result, :class:`FederatedData`, is written once by the driver to an ``.npz`` file
 (no pickle) that every simulated client process loads once: per-client data loading is kept
 out of the per-message hot path.
+
+A dataset that can generate one user alone (FedProx synthetic with ``dataset.lazy=true``)
+gives a :class:`LazyFederatedData` instead: no pool is held, the saved file holds only the
+generator's settings, the per-client sizes and the server's test set, and
+:meth:`LazyFederatedData.client` generates a client's examples when it is sampled. 10,000
+clients then cost what the sampled ones do, not the ~1 GB the whole federation would.
 """
 
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+import json
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from itertools import pairwise
 from pathlib import Path
@@ -22,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from fedlab.config.schema import ConfigError, require
-from fedlab.data.datasets import ArraySplit, CentralData
+from fedlab.data.datasets import ArraySplit, CentralData, DatasetSpec
 from fedlab.record.run_dir import save_figure
 
 # Range checks for partitioner arguments whose violations flwr-datasets reports late or
@@ -59,11 +68,19 @@ class FederatedData:
             self.pool.subset(self.client_test[partition_id]),
         )
 
-    def label_counts(self) -> np.ndarray:
-        """Training examples per (client, class), shape (num_clients, num_classes)."""
+    def label_counts(self, clients: int | None = None) -> np.ndarray:
+        """Training examples per (client, class), shape (num_clients, num_classes); only the
+        first ``clients`` clients when given."""
+        n = self.num_clients if clients is None else min(clients, self.num_clients)
         return np.stack(
-            [np.bincount(self.pool.y[idx], minlength=self.num_classes) for idx in self.client_train]
+            [np.bincount(self.pool.y[self.client_train[i]], minlength=self.num_classes)
+             for i in range(n)]
         )
+
+    @property
+    def pool_size(self) -> int:
+        """Examples in the training pool the clients' indices point into."""
+        return len(self.pool)
 
     def save(self, path: Path) -> None:
         """Write to ``path`` (.npz). Ragged index lists are stored flat with offsets."""
@@ -86,8 +103,10 @@ class FederatedData:
 
     @staticmethod
     def load(path: Path) -> FederatedData:
-        """Read what :meth:`save` wrote; never unpickles."""
+        """Read what :meth:`save` (or :meth:`LazyFederatedData.save`) wrote; never unpickles."""
         with np.load(path, allow_pickle=False) as f:
+            if "lazy_spec" in f:
+                return LazyFederatedData.from_file(f)
 
             def split(index: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, ...]:
                 return tuple(index[a:b] for a, b in pairwise(offsets))
@@ -101,6 +120,167 @@ class FederatedData:
                 client_train=split(f["train_index"], f["train_offsets"]),
                 client_test=split(f["test_index"], f["test_offsets"]),
             )
+
+
+class _Ranges(Sequence[np.ndarray]):
+    """Each client's row indices into the (virtual) pool, made only when one is asked for:
+    a lazy federation's index arrays would otherwise cost as much memory as 4.5 million rows."""
+
+    def __init__(self, starts: np.ndarray, stops: np.ndarray) -> None:
+        self._starts, self._stops = starts, stops
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
+        return np.arange(self._starts[i], self._stops[i])
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (np.arange(a, b) for a, b in zip(self._starts, self._stops, strict=True))
+
+
+class LazyFederatedData(FederatedData):
+    """A federation of one client per natural user whose examples are generated on demand.
+
+    The (virtual) pool is the users' training parts in user order; client ``k`` is user
+    ``k``, its first ``client_test_fraction`` rows its local test split and the rest its
+    training data (the rows of a user are i.i.d. draws, so a contiguous split is as random
+    as a shuffled one). ``client_train``/``client_test`` are index ranges into that pool,
+    so everything that only counts examples works unchanged; :attr:`pool` generates the
+    whole pool (what this class exists to avoid: only for small federations and hashing).
+    """
+
+    _CACHE = 8  # clients kept generated: train and evaluate of a round reuse them
+
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        seed: int,
+        client_test_fraction: float,
+        test: ArraySplit,
+    ) -> None:
+        n_train, _ = spec.user_sizes(seed)  # type: ignore[attr-defined]
+        n_local_test = np.where(n_train > 1, (n_train * client_test_fraction).astype(int), 0)
+        starts = np.concatenate([[0], np.cumsum(n_train)[:-1]]).astype(np.int64)
+        fields = {
+            "name": spec.name,
+            "num_classes": spec.num_classes,  # type: ignore[attr-defined]
+            "input_shape": (spec.dimension,),  # type: ignore[attr-defined]
+            "test": test,
+            "client_train": _Ranges(starts + n_local_test, starts + n_train),
+            "client_test": _Ranges(starts, starts + n_local_test),
+            "spec": spec,
+            "seed": seed,
+            "client_test_fraction": client_test_fraction,
+            "_local_test": n_local_test,
+            "_generated": OrderedDict(),
+        }
+        for key, value in fields.items():
+            object.__setattr__(self, key, value)
+
+    def __repr__(self) -> str:
+        return f"LazyFederatedData({self.name!r}, {self.num_clients} clients, seed {self.seed})"
+
+    def __eq__(self, other: object) -> bool:  # the dataclass one would generate every pool
+        return self is other
+
+    __hash__ = object.__hash__
+
+    @property
+    def pool(self) -> ArraySplit:  # type: ignore[override]
+        """Every client's training part at once (generated now, ~100 bytes per feature row)."""
+        return self.spec.load(self.seed).pool
+
+    def client(self, partition_id: int) -> tuple[ArraySplit, ArraySplit]:
+        """The (train, test) examples of one client, generated now (a few recent ones kept)."""
+        cached = self._generated.get(partition_id)
+        if cached is None:
+            user = self.spec.user_examples(self.seed, partition_id, "train")  # type: ignore[attr-defined]
+            cut = int(self._local_test[partition_id])
+            rows = np.arange(len(user))
+            cached = (user.subset(rows[cut:]), user.subset(rows[:cut]))
+            self._generated[partition_id] = cached
+            while len(self._generated) > self._CACHE:
+                self._generated.popitem(last=False)
+        return cached
+
+    def label_counts(self, clients: int | None = None) -> np.ndarray:
+        """Training examples per (client, class), generating one client at a time."""
+        n = self.num_clients if clients is None else min(clients, self.num_clients)
+        return np.stack(
+            [np.bincount(self.client(pid)[0].y, minlength=self.num_classes) for pid in range(n)]
+        )
+
+    @property
+    def pool_size(self) -> int:
+        return int(self.client_train._stops[-1]) if self.num_clients else 0  # type: ignore[attr-defined]
+
+    def recipe(self) -> dict[str, np.ndarray]:
+        """What the pool is generated from, for the lineage's hashes in place of the pool's
+        arrays (about 1 GB at 10,000 users, never materialised): the generator's class and
+        settings and the seed, as bytes (the generation is deterministic, so equal recipes
+        give equal pools)."""
+        spec = {
+            "class": f"{type(self.spec).__module__}.{type(self.spec).__qualname__}",
+            "fields": asdict(self.spec),
+            "seed": self.seed,
+            "client_test_fraction": self.client_test_fraction,
+        }
+        blob = json.dumps(spec, sort_keys=True).encode()
+        return {"pool.recipe": np.frombuffer(blob, dtype=np.uint8)}
+
+    def save(self, path: Path) -> None:
+        """Write the generator's settings and the server's test set: nothing per example."""
+        spec = {
+            "class": f"{type(self.spec).__module__}.{type(self.spec).__qualname__}",
+            "fields": asdict(self.spec),
+        }
+        np.savez(
+            path,
+            lazy_spec=np.array(json.dumps(spec)),
+            seed=np.array(self.seed),
+            client_test_fraction=np.array(self.client_test_fraction),
+            test_x=self.test.x,
+            test_y=self.test.y,
+        )
+
+    @staticmethod
+    def from_file(f: Any) -> LazyFederatedData:
+        """The federation :meth:`save` wrote, from the open ``.npz`` ``f``."""
+        from hydra.utils import get_class
+
+        spec = json.loads(str(f["lazy_spec"]))
+        return LazyFederatedData(
+            get_class(spec["class"])(**spec["fields"]),
+            int(f["seed"]),
+            float(f["client_test_fraction"]),
+            ArraySplit(f["test_x"], f["test_y"]),
+        )
+
+
+def lazy_federation(
+    dataset: DatasetSpec,
+    spec: dict[str, Any],
+    num_clients: int,
+    seed: int,
+    client_test_fraction: float,
+) -> LazyFederatedData:
+    """The federation of a dataset generated one user at a time: natural partition only."""
+    target = str(spec.get("_target_", ""))
+    require(
+        target.endswith("NaturalIdPartitioner"),
+        "partition",
+        f"dataset.lazy=true generates one client per user: use partition=natural, got '{target}'",
+    )
+    num_users = dataset.num_users  # type: ignore[attr-defined]
+    require(
+        num_users == num_clients,
+        "num_clients",
+        f"partition=natural gives one client per user and '{dataset.name}' has {num_users} "
+        f"users; set num_clients={num_users}",
+    )
+    test = dataset.central_test(seed)  # type: ignore[attr-defined]
+    return LazyFederatedData(dataset, seed, client_test_fraction, test)
 
 
 @lru_cache(maxsize=2)
@@ -173,9 +353,7 @@ def partition(
     try:
         parts = _split(partitioner, table, num_clients)
     except ValueError:
-        raise ConfigError(
-            "num_clients", _what_works(spec, table, num_clients, seed)
-        ) from None
+        raise ConfigError("num_clients", _what_works(spec, table, num_clients, seed)) from None
 
     rng = np.random.default_rng([seed, 2])
     train, test = [], []
@@ -241,17 +419,21 @@ def _what_works(spec: dict[str, Any], table: Any, num_clients: int, seed: int) -
     )
 
 
+#: Clients drawn in the partition picture at most.
+PICTURE_CLIENTS = 200
+
+
 def plot_label_distribution(fed: FederatedData, path: Path, title: str = "") -> None:
     """Save a stacked bar chart of training labels per client (the partition picture)."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure
 
-    counts = fed.label_counts()
-    clients = np.arange(fed.num_clients)
-    fig = Figure(figsize=(min(2 + 0.25 * fed.num_clients, 16), 4))
+    counts = fed.label_counts(PICTURE_CLIENTS)  # a bar per client: more would not be read
+    clients = np.arange(len(counts))
+    fig = Figure(figsize=(min(2 + 0.25 * len(counts), 16), 4))
     ax = fig.subplots()
     cmap = colormaps["tab10" if fed.num_classes <= 10 else "tab20"]
-    bottom = np.zeros(fed.num_clients)
+    bottom = np.zeros(len(counts))
     for cls in range(fed.num_classes):
         ax.bar(
             clients,
@@ -264,7 +446,8 @@ def plot_label_distribution(fed: FederatedData, path: Path, title: str = "") -> 
         bottom += counts[:, cls]
     ax.set_xlabel("client (partition id)")
     ax.set_ylabel("training examples")
-    ax.set_title(title or f"{fed.name}: labels per client")
+    shown = "" if len(counts) == fed.num_clients else f" (first {len(counts)} of {fed.num_clients})"
+    ax.set_title(title or f"{fed.name}: labels per client{shown}")
     if fed.num_classes <= 20:
         ax.legend(title="class", bbox_to_anchor=(1.01, 1), loc="upper left", fontsize="small")
     save_figure(fig, path)

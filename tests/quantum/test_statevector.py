@@ -130,3 +130,40 @@ def test_pickle_round_trip_recompiles() -> None:
     copy = pickle.loads(pickle.dumps(layer))
     inputs = torch.rand(3, 2)
     torch.testing.assert_close(copy(inputs), layer(inputs))
+
+
+def test_rewritten_program_matches_qiskit_on_entangled_circuits() -> None:
+    """The product-state prefix, fused permutation gathers and view-based single-qubit updates
+    (StatevectorQNN's rewrite) against Qiskit's Statevector, with gates after entanglers,
+    CX/SWAP/CCX runs and a parametric two-qubit gate in between."""
+    import numpy as np
+    from qiskit import QuantumCircuit
+    from qiskit.circuit import Parameter
+    from qiskit.quantum_info import SparsePauliOp, Statevector
+
+    from sandbox_quantum.statevector import StatevectorQNN
+
+    x, w = Parameter("x"), Parameter("w")
+    qc = QuantumCircuit(4)
+    qc.h(0)
+    qc.ry(x, 1)
+    qc.cx(0, 2)
+    qc.swap(1, 3)
+    qc.ccx(0, 1, 3)
+    qc.rx(w, 2)
+    qc.rzz(x * w, 1, 2)
+    qc.cx(3, 0)
+    qc.x(2)
+    qc.ry(2 * w, 0)
+    qc.h(3)
+    obs = [SparsePauliOp.from_list([("ZIXY", 0.5), ("IIZZ", -1.0)])]
+    layer = StatevectorQNN(qc, [x], [w], obs)
+    assert any(isinstance(step, torch.Tensor) for step in layer._program)  # a fused gather
+    inputs = torch.tensor([[0.3], [1.1]], dtype=torch.double)
+    states = layer.statevector(inputs).detach().numpy()
+    for row, value in zip(states, inputs[:, 0].tolist(), strict=True):
+        bound = qc.assign_parameters({x: value, w: float(layer.weight.detach()[0])})
+        expected = Statevector(bound).data
+        phase = np.vdot(row, expected)  # equal up to the circuit's global phase
+        assert abs(abs(phase) - 1) < 1e-12
+        assert np.allclose(row * phase, expected, atol=1e-12)

@@ -1,0 +1,176 @@
+"""``simulation=auto`` (the default): pick the engine this machine and run can use best.
+
+The rule asks what the machine and the run offer, never which preset was named:
+
+* a Ray cluster named (``simulation.ray_address``) or GPUs asked per client
+  (``simulation.client_gpus``): **Ray**, the only engine here that spans machines or
+  schedules GPUs;
+* otherwise the clients stay on this machine, where Ray's fixed costs (its daemons, actors
+  importing torch and Flower: ~10 s a run, 2-3 ms a message, benchmarks/README.md) never pay
+  for themselves against processes forked from the driver: the **process pool**, one worker
+  per usable core (``os.sched_getaffinity``: what a cgroup or ``taskset`` leaves), no more
+  workers than clients, and no more than the free memory holds copies of this process;
+* one usable worker (a single core, a single client, no ``fork``): **in-process**, since a
+  pool of one only adds a message round trip per client.
+
+The reason is part of the choice: the run's first console line says which engine ran and why.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import ServerApp
+
+    from fedlab.config.schema import SimulationConfig
+
+log = logging.getLogger("fedlab")
+
+#: Share of the available memory the pool's workers may take (the driver keeps the rest).
+MEMORY_SHARE = 0.8
+# the choice already announced for this process's next run: (repr of the config, clients)
+_announced: dict[tuple[str, int], Choice] = {}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The engine to run (``backend``), its worker count (pool only) and why."""
+
+    backend: str
+    workers: int
+    reason: str
+
+    def line(self) -> str:
+        """The console line: ``engine pool (2 workers): <reason>``."""
+        size = f" ({self.workers} workers)" if self.backend == "pool" else ""
+        return f"engine {self.backend}{size}: {self.reason}"
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (affinity mask, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux: no affinity API
+        return os.cpu_count() or 1
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel reports available (``MemAvailable``); None where unknown."""
+    try:
+        for text in Path("/proc/meminfo").read_text().splitlines():
+            if text.startswith("MemAvailable:"):
+                return int(text.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def resident_memory() -> int | None:
+    """This process's resident bytes: what one forked worker can grow to at most (its pages
+    start shared with the driver's and are copied only when written), model and data included.
+    """
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def choose(
+    sim: SimulationConfig,
+    num_clients: int,
+    *,
+    cores: int | None = None,
+    can_fork: bool | None = None,
+    memory: tuple[int | None, int | None] | None = None,
+) -> Choice:
+    """The engine ``simulation=auto`` runs for ``num_clients`` clients on this machine.
+
+    ``cores``, ``can_fork`` and ``memory`` (available, per worker) default to what this
+    machine reports; tests pass them to check the rule on machines they do not run on.
+    """
+    if sim.ray_address is not None:
+        where = sim.ray_address
+        return Choice("ray", 0, f"a Ray cluster is named (simulation.ray_address={where})")
+    if sim.client_gpus > 0:
+        gpus = sim.client_gpus
+        return Choice("ray", 0, f"GPUs per client asked (simulation.client_gpus={gpus}): "
+                      "Ray schedules them")  # fmt: skip
+    cores = usable_cores() if cores is None else cores
+    if can_fork is None:
+        can_fork = "fork" in multiprocessing.get_all_start_methods()
+    available, per_worker = (available_memory(), resident_memory()) if memory is None else memory
+    fit = cores
+    if available is not None and per_worker:
+        fit = max(1, int(MEMORY_SHARE * available // per_worker))
+    workers = sim.workers if sim.workers is not None else min(cores, num_clients, fit)
+    where = f"{cores} core{'s' if cores != 1 else ''} on one machine, no Ray cluster named"
+    if not can_fork:
+        return Choice("inprocess", 1, f"{where}; no fork() on this platform for a process pool")
+    if workers <= 1:
+        limit = (
+            "simulation.workers=1" if sim.workers is not None
+            else "1 core" if cores <= 1
+            else "1 client" if num_clients <= 1
+            else f"memory for 1 worker ({(available or 0) / 2**30:.1f} GiB available)"
+        )  # fmt: skip
+        return Choice("inprocess", 1, f"{where}; {limit}: clients run one after another")
+    capped = " (memory-bound)" if workers == fit < min(cores, num_clients) else ""
+    return Choice(
+        "pool",
+        workers,
+        f"{where}{capped}; a process pool avoids Ray's ~10 s start-up "
+        "(simulation=local runs Ray)",
+    )
+
+
+def decide(sim: SimulationConfig, num_clients: int) -> Choice:
+    """The engine a run with ``sim`` uses: the one ``simulation.backend`` names, or the
+    rule's choice for ``auto``."""
+    if sim.backend != "auto":
+        pool = sim.backend == "pool"
+        workers = (sim.workers or min(usable_cores(), num_clients)) if pool else 0
+        return Choice(sim.backend, workers, f"asked for (simulation.backend={sim.backend})")
+    return choose(sim, num_clients)
+
+
+def announce(sim: SimulationConfig, num_clients: int) -> Choice:
+    """Say the engine now (``fedlab-run``'s first line) and remember the choice, so that the
+    run uses it and does not say it again."""
+    choice = decide(sim, num_clients)
+    log.info("fedlab: %s", choice.line())
+    _announced.clear()
+    _announced[(repr(sim), num_clients)] = choice
+    return choice
+
+
+def resolve(sim: SimulationConfig, num_clients: int) -> Choice:
+    """The choice announced for this run, else decided and said now (a run not started by
+    ``fedlab-run``: a test, a notebook, a resumed run)."""
+    choice = _announced.pop((repr(sim), num_clients), None)
+    _announced.clear()
+    if choice is None:
+        choice = decide(sim, num_clients)
+        log.info("fedlab: %s", choice.line())
+    return choice
+
+
+def run_auto(
+    server_app: ServerApp, client_app: ClientApp, num_clients: int, sim: SimulationConfig
+) -> None:
+    """Run one simulation on the engine :func:`choose` picks (for callers of the registry;
+    :func:`fedlab.engines.simulation.simulate` resolves ``auto`` itself)."""
+    from dataclasses import replace
+
+    from fedlab.engines.registry import engine
+
+    choice = resolve(sim, num_clients)
+    chosen = replace(sim, backend=choice.backend, workers=choice.workers or sim.workers)
+    engine(choice.backend)(server_app, client_app, num_clients, chosen)
