@@ -14,6 +14,7 @@ from fedlab.config.experiment import Experiment
 from fedlab.config.schema import ConfigError
 from fedlab.console import line
 from fedlab.fl.client_app import ClientSpec
+from fedlab.fl.client_state import STATE_DIR
 from fedlab.record.lifecycle import RunFailed, claim, supervise
 from fedlab.record.run_dir import CLIENT_COLUMNS, ROUND_COLUMNS, RunRecord, existing_status
 from fedlab.trackers.base import RunContext
@@ -51,11 +52,15 @@ def _versions() -> dict[str, Any]:
 
 
 def _git_state() -> dict[str, Any]:
-    """The commit and dirty flag of the checkout holding this fedlab (null outside one)."""
+    """The commit and dirty flag of the checkout holding this fedlab (null outside one), and
+    with uncommitted changes to tracked files the sha256 of ``git diff HEAD --binary``: the
+    lineage's evidence of which code ran (untracked files are not in it, as not in the flag).
+    """
+    import hashlib
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
-    state: dict[str, Any] = {"git_commit": None, "git_dirty": None}
+    state: dict[str, Any] = {"git_commit": None, "git_dirty": None, "git_diff_sha256": None}
     if not (root / ".git").exists():
         return state
     try:
@@ -67,9 +72,17 @@ def _git_state() -> dict[str, Any]:
             ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
             capture_output=True, text=True, check=True, timeout=10,
         ).stdout
+        diff = subprocess.run(
+            ["git", "-C", str(root), "diff", "HEAD", "--binary"],
+            capture_output=True, check=True, timeout=30,
+        ).stdout if changes.strip() else None
     except (OSError, subprocess.SubprocessError):  # no git binary, or not a repository
         return state
-    return {"git_commit": commit, "git_dirty": bool(changes.strip())}
+    return {
+        "git_commit": commit,
+        "git_dirty": bool(changes.strip()),
+        "git_diff_sha256": None if diff is None else hashlib.sha256(diff).hexdigest(),
+    }
 
 
 def _cpu_model() -> str | None:
@@ -128,6 +141,7 @@ def run_experiment(
     """
     from fedlab.data.partition import plot_label_distribution
     from fedlab.fl.model import build_model
+    from fedlab.fl.strategy import check_model_fits
 
     if raw.get("resume"):
         extend = any(o.startswith("num_rounds=") for o in overrides or [])
@@ -138,12 +152,17 @@ def run_experiment(
     if finished is not None:
         log.info("fedlab: skipped: %s already holds this run, completed", run_dir)
         return finished
+    if engine is None:  # the first line: which simulation engine runs, and why
+        from fedlab.engines.auto import announce
+
+        announce(exp.cfg.simulation, exp.cfg.num_clients)
     fed, warnings = exp.prepare()
     try:
-        build_model(exp.cfg.model, fed.input_shape, fed.num_classes)
+        model = build_model(exp.cfg.model, fed.input_shape, fed.num_classes)
     except Exception as err:  # the model's constructor is the check of its settings
         cause = err.__cause__ or err  # Hydra wraps it in an InstantiationException
         raise ConfigError("model", str(cause).strip().splitlines()[0]) from None
+    check_model_fits(exp.cfg, model)
 
     record = open_record(exp, run_dir)
     specs = tracker_specs(exp.cfg.trackers)
@@ -195,6 +214,7 @@ def resume_experiment(
     """
     from fedlab.config.schema import FedlabConfig
     from fedlab.record import checkpoint
+    from fedlab.record.lineage import check_resumable
 
     status = existing_status(run_dir)
     if status is None:
@@ -219,6 +239,7 @@ def resume_experiment(
         raw.num_rounds = num_rounds
     exp = Experiment.from_config(raw)
     fed, _ = exp.prepare()
+    check_resumable(run_dir, fed)  # the data must be the run's own (its partition.json)
     saved = checkpoint.load(run_dir)
     fresh = open_record(exp, run_dir)
     record = RunRecord.resume(
@@ -278,7 +299,7 @@ def simulation_engine(
         fed.save(data_path)
         simulate(
             build_server_app(exp, fed, record, trackers, saved),
-            build_client_app(_client_spec(exp, data_path)),
+            build_client_app(_client_spec(exp, data_path, record.dir / STATE_DIR)),
             exp.cfg.num_clients,
             exp.cfg.simulation,
         )
@@ -297,9 +318,13 @@ def _execute(
     The trackers are built here, before the engine starts, so that what they measure (the
     host's energy) covers the whole run, start-up included.
     """
+    from fedlab.record import lineage
     from fedlab.reports.curves import plot_curves
     from fedlab.reports.model_card import write_model_card
+    from fedlab.trackers.base import Tracker
 
+    if not (run_dir / lineage.PARTITION).exists():  # a resumed run keeps its own (checked)
+        lineage.write_partition(run_dir, fed, exp.cfg.partition)
     trackers = Trackers.build(RunContext(exp, fed, run_dir))
 
     def body() -> None:
@@ -312,10 +337,25 @@ def _execute(
         fields = trackers.close()
         if record.rounds:
             plot_curves(record.dir)
+        # The model and checkpoint are final now: hash the chain. A tracker that publishes
+        # the record elsewhere may annotate its section afterwards, so that one is not hashed.
+        later = {t.name for t in trackers if type(t).published is not Tracker.published}
+        final = {k: v for k, v in fields.items() if k not in later} | {"status": status}
+        try:
+            fields["lineage"] = lineage.write_lineage(
+                run_dir, fed, exp.cfg.dataset, record.results, final,
+                _git_state() if saved is not None else None,
+            )
+        except Exception as err:  # the record must still close; say what is missing
+            log.warning("fedlab: warning: lineage not written: %s", err)
         return fields
 
+    def finished() -> None:
+        write_model_card(run_dir)
+        trackers.published(record.results["status"])
+
     try:
-        supervise(record, body, closing, finished=lambda: write_model_card(run_dir))
+        supervise(record, body, closing, finished=finished)
     except KeyboardInterrupt:
         log.warning("fedlab: interrupted; continue with: fedlab-run resume=%s", run_dir)
         raise
@@ -339,8 +379,9 @@ def _execute(
     return results
 
 
-def _client_spec(exp: Experiment, data_path: Path) -> ClientSpec:
-    """What every client process needs: data location, model, seed, client-side clipping."""
+def _client_spec(exp: Experiment, data_path: Path, state_dir: Path) -> ClientSpec:
+    """What every client process needs: data location, model, seed, client-side clipping,
+    the algorithm's client update and where it keeps per-client state."""
     privacy = exp.cfg.privacy
     client_clips = privacy.mode == "central" and privacy.clip_at == "client"
     return ClientSpec(
@@ -349,4 +390,6 @@ def _client_spec(exp: Experiment, data_path: Path) -> ClientSpec:
         exp.cfg.seed,
         exp.cfg.simulation.torch_threads,
         privacy.clipping if client_clips else None,
+        OmegaConf.to_container(OmegaConf.create(dict(exp.cfg.strategy.client_update))),
+        str(state_dir),
     )

@@ -17,9 +17,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from fedlab.config.schema import ConfigError, FedlabConfig, require
 from fedlab.data.datasets import DatasetSpec
-from fedlab.data.partition import FederatedData, partition
+from fedlab.data.partition import FederatedData, lazy_federation, partition
 from fedlab.fl.schedule import Scheduler
-from fedlab.fl.strategy import build_strategy, check_robust_aggregation
+from fedlab.fl.strategy import build_strategy, check_client_update, check_robust_aggregation
 from fedlab.trackers.registry import tracker_specs
 
 if TYPE_CHECKING:
@@ -82,6 +82,7 @@ class Experiment:
         check_robust_aggregation(cfg.strategy, exp.scheduler().sample_size())
         for spec in tracker_specs(cfg.trackers):
             spec.cls.check(exp)
+        check_client_update(cfg)  # after the trackers': central DP's own refusal comes first
         if cfg.stragglers.fraction > 0:
             per_round = exp.scheduler().sample_size()
             require(
@@ -164,7 +165,19 @@ class Experiment:
         return self._fleet[1]
 
     def load_data(self) -> FederatedData:
-        """Load the dataset and partition it among the clients."""
+        """Load the dataset and partition it among the clients.
+
+        A dataset that generates one user at a time (``dataset.lazy=true``) is not loaded at
+        all: its clients generate their own examples when sampled (``LazyFederatedData``).
+        """
+        if getattr(self.dataset, "lazy", False):
+            return lazy_federation(
+                self.dataset,
+                dict(self.cfg.partition),
+                self.cfg.num_clients,
+                self.cfg.seed,
+                self.dataset.client_test_fraction,
+            )
         central = self.dataset.load(self.cfg.seed)
         return partition(
             central,

@@ -25,6 +25,7 @@ from omegaconf import MISSING, OmegaConf
 
 from fedlab.config.errors import ConfigError, require, require_choice, require_fraction
 from fedlab.config.measurement import CarbonConfig, DevicesConfig, PrivacyConfig
+from fedlab.config.tracking import MonitoringConfig, TrackingConfig
 
 __all__ = [  # the errors are imported from here throughout fedlab, tests and user code
     "CarbonConfig",
@@ -70,9 +71,13 @@ class ClientConfig:
 class SimulationConfig:
     """How the clients are simulated (the ``simulation`` group).
 
-    ``backend``: ``ray`` (Flower's simulation engine: clients in parallel Ray actors, on this
-    machine or a cluster at ``ray_address``) or ``inprocess`` (every client call serially in
-    this process: no Ray start-up or per-message cost, the same numbers; no round timeout).
+    ``backend``: ``auto`` (the default: fedlab picks one of the others for the machine and
+    says why, :mod:`fedlab.engines.auto`), ``ray`` (Flower's simulation engine: clients in
+    parallel Ray actors, on this machine or a cluster at ``ray_address``), ``pool`` (clients
+    in ``workers`` processes forked from the driver: no Ray, a crashed or hung worker is an
+    error reply and is replaced) or ``inprocess`` (every client call serially in this process:
+    no Ray start-up or per-message cost; no round timeout). All give the same numbers.
+    ``workers``: the pool's processes (null: one per usable core, at most one per client).
     ``client_cpus`` is the Ray resource each simulated client reserves: the number of client
     actors running at once is ``ray_num_cpus / client_cpus``. Flower's default of 2 CPUs per
     client means a single actor on a 2-core machine, so fedlab defaults to 1.
@@ -81,7 +86,8 @@ class SimulationConfig:
     0.2 s whatever the work).
     """
 
-    backend: str = "ray"
+    backend: str = "auto"
+    workers: int | None = None
     client_cpus: float = 1.0
     client_gpus: float = 0.0
     ray_num_cpus: int | None = None
@@ -95,6 +101,11 @@ class SimulationConfig:
         from fedlab.engines.registry import ENGINES
 
         require_choice(self.backend, "simulation.backend", tuple(ENGINES))
+        require(
+            self.workers is None or self.workers >= 1,
+            "simulation.workers",
+            f"must be >= 1 or null (one per usable core), got {self.workers}",
+        )
         require(
             self.client_cpus > 0, "simulation.client_cpus", f"must be > 0, got {self.client_cpus}"
         )
@@ -198,6 +209,9 @@ class StrategyConfig:
     client_sampling: str = "fixed"
     aggregate: str | None = None
     min_clients_per_round: dict[str, int] = field(default_factory=dict)
+    # the algorithm's client side: {_target_: a fedlab.fl.algorithms.base.ClientUpdate, its
+    # options}; empty: FedAvg's local update (SCAFFOLD, Ditto... declare their own)
+    client_update: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         require_fraction(self.fraction_train, "strategy.fraction_train")
@@ -243,6 +257,8 @@ class FedlabConfig:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     carbon: CarbonConfig = field(default_factory=CarbonConfig)
     devices: DevicesConfig = field(default_factory=DevicesConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     # What the run measures: name -> {_target_: a fedlab.trackers.base.Tracker subclass, and
     # its options}. Config order is the order of their columns in the record; add one with
     # +trackers.NAME._target_=my.module.MyTracker, drop one with ~trackers.NAME.
