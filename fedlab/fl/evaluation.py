@@ -23,15 +23,17 @@ def spread(values: Sequence[float], weights: Sequence[float] | None = None) -> d
     n = len(values)
     if n == 0:
         return {"clients": 0}
-    ordered = sorted(values)
-    worst = ordered[: worst_count(n)]
-    mean = sum(values) / n
+    # sums taken in sorted order: the same figures whatever order the clients replied in
     w = list(weights) if weights is not None else [1.0] * n
+    pairs = sorted(zip(values, w, strict=True))
+    ordered = [v for v, _ in pairs]
+    worst = ordered[: worst_count(n)]
+    mean = math.fsum(ordered) / n
     return {
         "mean": mean,
-        "weighted_mean": sum(v * wi for v, wi in zip(values, w, strict=True)) / sum(w),
-        "worst_10pct": sum(worst) / len(worst),
-        "std": math.sqrt(sum((v - mean) ** 2 for v in values) / n),
+        "weighted_mean": math.fsum(v * wi for v, wi in pairs) / math.fsum(w for _, w in pairs),
+        "worst_10pct": math.fsum(worst) / len(worst),
+        "std": math.sqrt(math.fsum((v - mean) ** 2 for v in ordered) / n),
         "min": ordered[0],
         "max": ordered[-1],
         "clients": n,
