@@ -119,3 +119,27 @@ def run_inprocess(compose_cfg, tmp_path):
         return exp, fed, record, grid
 
     return _run
+
+
+SMALL_RUN = ("dataset=iris", "num_clients=3", "num_rounds=2", "simulation=inprocess", "carbon=off")
+
+
+@pytest.fixture(scope="session")
+def small_run(compose_cfg, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One small completed run (``SMALL_RUN``), shared read-only: tests that change it work
+    on :func:`small_run_copy`."""
+    from fedlab.run import run_experiment
+
+    path = tmp_path_factory.mktemp("small") / "run"
+    run_experiment(compose_cfg(*SMALL_RUN), path, list(SMALL_RUN))
+    return path
+
+
+@pytest.fixture()
+def small_run_copy(small_run: Path, tmp_path: Path) -> Path:
+    """A private copy of :func:`small_run`."""
+    import shutil
+
+    target = tmp_path / "run"
+    shutil.copytree(small_run, target)
+    return target

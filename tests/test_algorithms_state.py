@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.numpy import load_file
+from test_simulation import _checkpoint_round
 
 from fedlab.config.errors import ConfigError
 from fedlab.fl.client_state import ClientStateStore
@@ -41,15 +42,6 @@ def test_store_reads_the_newest_version_before_the_round_and_keeps_two(tmp_path)
     assert store.clients() == [3]
     (tmp_path / "3" / ".7.safetensors.0a1b2c.safetensors").write_bytes(b"")  # a killed write
     assert store.load(3, before_round=9)["c"].tolist() == [6.0, 6.0]
-
-
-def _checkpoint_round(path: Path) -> int:
-    try:
-        with open(path, "rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            return int(json.loads(f.read(size))["__metadata__"]["round"])
-    except (OSError, ValueError, KeyError):
-        return 0
 
 
 @pytest.mark.parametrize("strategy", ["scaffold", "ditto"])

@@ -18,23 +18,15 @@ from fedlab.reports.compare import compare
 from fedlab.reports.gate import MissingKey, lookup, main
 from fedlab.reports.model_card import client_fairness
 
-SMALL = ("dataset=iris", "num_clients=3", "num_rounds=2", "simulation=inprocess", "carbon=off")
 
-
-@pytest.fixture(scope="module")
-def run_dir(compose_cfg, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from fedlab.run import run_experiment
-
-    path = tmp_path_factory.mktemp("gate") / "run"
-    run_experiment(compose_cfg(*SMALL), path, list(SMALL))
-    return path
+@pytest.fixture()
+def run_dir(small_run: Path) -> Path:
+    return small_run
 
 
 @pytest.fixture()
-def copy(run_dir: Path, tmp_path: Path) -> Path:
-    target = tmp_path / "run"
-    shutil.copytree(run_dir, target)
-    return target
+def copy(small_run_copy: Path) -> Path:
+    return small_run_copy
 
 
 def _policy(tmp_path: Path, text: str) -> str:

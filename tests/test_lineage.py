@@ -6,36 +6,28 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SMALL_RUN as SMALL
 
 from fedlab.config.errors import ConfigError
 from fedlab.config.experiment import Experiment
 from fedlab.lineage_cli import main
 from fedlab.record import lineage
 
-SMALL = ("dataset=iris", "num_clients=3", "num_rounds=2", "simulation=inprocess", "carbon=off")
 STAGES = ["dataset", "partition", "config", "code", "checkpoint", "model", "metrics", "results"]
 
 
-@pytest.fixture(scope="module")
-def run_dir(compose_cfg, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One small completed run, shared (read-only: tests that tamper work on a copy)."""
-    from fedlab.run import run_experiment
-
-    path = tmp_path_factory.mktemp("lineage") / "run"
-    run_experiment(compose_cfg(*SMALL), path, list(SMALL))
-    return path
+@pytest.fixture()
+def run_dir(small_run: Path) -> Path:
+    return small_run
 
 
 @pytest.fixture()
-def copy(run_dir: Path, tmp_path: Path) -> Path:
-    target = tmp_path / "run"
-    shutil.copytree(run_dir, target)
-    return target
+def copy(small_run_copy: Path) -> Path:
+    return small_run_copy
 
 
 def _sha(path: Path) -> str:

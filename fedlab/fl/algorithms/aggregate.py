@@ -46,7 +46,9 @@ class RememberingFedAvg(FedAvg):
     checkpointed, since every round's ``configure_train`` sets it again) and puts what the
     clients did not send back (their personal layers) into the aggregate unchanged.
 
-    Extra entries for the round's config come from :meth:`round_config`.
+    Extra entries for the round's config come from :meth:`round_config`. An algorithm with a
+    server rule of its own (SCAFFOLD, FedDyn, FedNova) overrides :meth:`step`: the new global
+    model from the one sent and the round's valid replies.
     """
 
     _sent: ArrayRecord | None = None
@@ -61,16 +63,23 @@ class RememberingFedAvg(FedAvg):
         config = ConfigRecord({**dict(config), **self.round_config()})
         return super().configure_train(server_round, arrays, config, grid)
 
+    def step(self, sent: dict[str, np.ndarray], replies: list[Message]) -> dict | None:
+        """The new global model; None: FedAvg's weighted mean (Flower's own)."""
+        return None
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        arrays, metrics = super().aggregate_train(server_round, replies)
-        if arrays is None or self._sent is None:
-            return arrays, metrics
-        merged = {k: v.numpy() for k, v in self._sent.items()}
-        merged.update({k: v.numpy() for k, v in arrays.items()})
-        return as_record(merged, self._sent), metrics
-
-    def valid(self, replies: Iterable[Message]) -> list[Message]:
-        """The replies without errors (fedlab's Grid has already dropped malformed ones)."""
-        return [r for r in replies if not r.has_error()]
+        replies = list(replies)
+        valid = [r for r in replies if not r.has_error()]  # the Grid dropped malformed ones
+        if not valid or self._sent is None:
+            return super().aggregate_train(server_round, replies)
+        new = self.step(as_numpy(self._sent), valid)
+        if new is None:
+            arrays, metrics = super().aggregate_train(server_round, valid)
+            if arrays is None:
+                return arrays, metrics
+            new = as_numpy(arrays)
+        else:
+            metrics = self.train_metrics_aggr_fn([r.content for r in valid], self.weighted_by_key)
+        return as_record({**as_numpy(self._sent), **new}, self._sent), metrics

@@ -12,14 +12,13 @@ alpha: 0.01 (the paper searches {0.1, 0.01, 0.001}; 0.01 is its most used value)
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import Message
 
-from fedlab.fl.algorithms.aggregate import RememberingFedAvg, as_numpy, as_record, mean
+from fedlab.fl.algorithms.aggregate import RememberingFedAvg, as_numpy, mean
 from fedlab.fl.algorithms.base import ClientUpdate, LocalJob, LocalUpdate, detached
 
 ALPHA = "feddyn-alpha"  # sent in the round's config, so both sides use the server's value
@@ -64,20 +63,12 @@ class FedDyn(RememberingFedAvg):
     def round_config(self) -> dict[str, Any]:
         return {ALPHA: self.alpha}
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        valid = self.valid(replies)
-        if not valid or self._sent is None:
-            return None, None
-        theta = as_numpy(self._sent)
-        ws = [as_numpy(r.content["arrays"]) for r in valid]
-        total = {k: sum(w[k].astype(np.float64) - theta[k] for w in ws) for k in theta}
+    def step(self, sent: dict[str, np.ndarray], replies: list[Message]) -> dict:
+        ws = [as_numpy(r.content["arrays"]) for r in replies]
+        total = {k: sum(w[k].astype(np.float64) - sent[k] for w in ws) for k in sent}
         self.h = {
             k: self.h.get(k, np.zeros_like(v)) - self.alpha / self.total_clients * v
             for k, v in total.items()
         }
         avg = mean(ws)
-        new = {k: avg[k] - self.h[k] / self.alpha for k in theta}
-        metrics = self.train_metrics_aggr_fn([r.content for r in valid], self.weighted_by_key)
-        return as_record(new, self._sent), metrics
+        return {k: avg[k] - self.h[k] / self.alpha for k in sent}

@@ -14,12 +14,12 @@ The client side is FedAvg's plus ||a_i||_1 as a reply metric.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
-from flwr.app import ArrayRecord, Message, MetricRecord
+import numpy as np
+from flwr.app import Message
 
-from fedlab.fl.algorithms.aggregate import RememberingFedAvg, as_numpy, as_record
+from fedlab.fl.algorithms.aggregate import RememberingFedAvg, as_numpy
 from fedlab.fl.algorithms.base import ClientUpdate, LocalJob, LocalUpdate, a_norm
 
 A_NORM = "fednova-a-norm"
@@ -50,23 +50,15 @@ class FedNova(RememberingFedAvg):
         super().__init__(**kwargs)
         self.server_learning_rate = server_learning_rate
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        valid = self.valid(replies)
-        if not valid or self._sent is None:
-            return None, None
-        x = as_numpy(self._sent)
-        metrics = [next(iter(r.content.metric_records.values())) for r in valid]
+    def step(self, sent: dict[str, np.ndarray], replies: list[Message]) -> dict:
+        metrics = [next(iter(r.content.metric_records.values())) for r in replies]
         n = [float(m[self.weighted_by_key]) for m in metrics]
         p = [ni / sum(n) for ni in n]
         norms = [float(m[A_NORM]) for m in metrics]
         tau_eff = sum(pi * a for pi, a in zip(p, norms, strict=True))
-        ys = [as_numpy(r.content["arrays"]) for r in valid]
-        step = {
-            k: sum(pi * (x[k] - y[k]) / a for pi, y, a in zip(p, ys, norms, strict=True))
-            for k in x
+        ys = [as_numpy(r.content["arrays"]) for r in replies]
+        change = {
+            k: sum(pi * (sent[k] - y[k]) / a for pi, y, a in zip(p, ys, norms, strict=True))
+            for k in sent
         }
-        new = {k: x[k] - self.server_learning_rate * tau_eff * step[k] for k in x}
-        aggregated = self.train_metrics_aggr_fn([r.content for r in valid], self.weighted_by_key)
-        return as_record(new, self._sent), aggregated
+        return {k: sent[k] - self.server_learning_rate * tau_eff * change[k] for k in sent}

@@ -24,11 +24,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
 
-from fedlab.fl.algorithms.aggregate import as_numpy, as_record, mean
+from fedlab.fl.algorithms.aggregate import RememberingFedAvg, as_numpy, as_record, mean
 from fedlab.fl.algorithms.base import ClientUpdate, LocalJob, LocalUpdate, a_norm, detached
 
 CONTROL = "control"  # the message's array record holding c (down) or dc (up)
@@ -71,7 +70,7 @@ class ScaffoldClient(ClientUpdate):
         return LocalUpdate(job.model.state_dict(), result, extra={CONTROL: delta}, state=c_plus)
 
 
-class Scaffold(FedAvg):
+class Scaffold(RememberingFedAvg):
     """SCAFFOLD's server: the global step on the mean model change, and the control variate
     ``control`` (public, so the checkpoint keeps it)."""
 
@@ -82,12 +81,10 @@ class Scaffold(FedAvg):
         self.total_clients = total_clients
         self.server_learning_rate = server_learning_rate
         self.control: ArrayRecord | None = None
-        self._sent: ArrayRecord | None = None
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self._sent = arrays
         if self.control is None:
             self.control = as_record(
                 {k: np.zeros_like(v) for k, v in as_numpy(arrays).items()
@@ -98,20 +95,13 @@ class Scaffold(FedAvg):
             msg.content[CONTROL] = self.control
         return messages
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        valid = [r for r in replies if not r.has_error()]
-        if not valid or self._sent is None:
-            return None, None
-        x = as_numpy(self._sent)
-        dy = mean([{k: v - x[k] for k, v in as_numpy(r.content["arrays"]).items()} for r in valid])
-        dc = mean([as_numpy(r.content[CONTROL]) for r in valid])
-        new_x = {k: x[k] + self.server_learning_rate * dy[k] for k in x}
+    def step(self, sent: dict[str, np.ndarray], replies: list[Message]) -> dict:
+        dy = mean([{k: v - sent[k] for k, v in as_numpy(r.content["arrays"]).items()}
+                   for r in replies])
+        dc = mean([as_numpy(r.content[CONTROL]) for r in replies])
         assert self.control is not None
         c = as_numpy(self.control)
-        share = len(valid) / self.total_clients
+        share = len(replies) / self.total_clients
         c.update({k: c[k] + share * v for k, v in dc.items()})
         self.control = as_record(c, self.control)
-        metrics = self.train_metrics_aggr_fn([r.content for r in valid], self.weighted_by_key)
-        return as_record(new_x, self._sent), metrics
+        return {k: sent[k] + self.server_learning_rate * dy[k] for k in sent}
