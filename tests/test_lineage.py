@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SMALL_RUN as SMALL
 
 from fedlab.config.errors import ConfigError
 from fedlab.config.experiment import Experiment
 from fedlab.lineage_cli import main
 from fedlab.record import lineage
 
+SMALL = ("dataset=iris", "num_clients=3", "num_rounds=2", "simulation=inprocess", "carbon=off")
 STAGES = ["dataset", "partition", "config", "code", "checkpoint", "model", "metrics", "results"]
 
 
