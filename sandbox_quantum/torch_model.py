@@ -63,6 +63,13 @@ class HybridQNN(nn.Module):
           reps: 2
     """
 
+    #: fedlab's audit does not explain it (fedlab.trackers.audit.explain.skip_reason)
+    unexplained_reason = (
+        "the hybrid quantum model (model=qnn) is not explained: its quantum layer gives no "
+        "input gradients when features feed the qubits directly, and IG would simulate "
+        "ig_steps circuits per example"
+    )
+
     def __init__(
         self,
         input_shape: tuple[int, ...],

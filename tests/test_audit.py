@@ -221,8 +221,11 @@ def test_card_picture_and_panels(run) -> None:
 
 
 def test_models_that_cannot_be_explained_are_skipped(run) -> None:
-    assert "quantum" in ex.skip_reason("sandbox_quantum.torch_model.HybridQNN")
-    assert ex.skip_reason("fedlab.fl.model.MLP") is None
+    from fedlab.fl.model import MLP
+    from sandbox_quantum.torch_model import HybridQNN
+
+    assert "quantum" in ex.skip_reason(HybridQNN)
+    assert ex.skip_reason(MLP) is None
 
     class Hard(torch.nn.Module):  # argmax: no gradient reaches the input
         def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -40,18 +40,13 @@ ATTRIBUTIONS = "attributions.safetensors"
 PICTURE = "attributions.png"
 BASELINES = ("zeros", "mean")
 #: Model targets IG is not run on, and why (module docstring).
-UNEXPLAINED = {
-    "sandbox_quantum.": "the hybrid quantum model (model=qnn) is not explained: its quantum "
-    "layer gives no input gradients when features feed the qubits directly, and IG would "
-    "simulate ig_steps circuits per example",
-}
 INTERNAL_BATCH = 1024  # rows of Captum's (examples x steps) batch per forward pass
 
 
-def skip_reason(model_target: str) -> str | None:
-    """Why the configured model is not explained, or None."""
-    return next((why for prefix, why in UNEXPLAINED.items() if model_target.startswith(prefix)),
-                None)
+def skip_reason(model: Any) -> str | None:
+    """Why ``model`` (a module or its class) is not explained, or None: a model declares it
+    itself with ``unexplained_reason`` (the hybrid quantum model does)."""
+    return getattr(model, "unexplained_reason", None)
 
 
 def image_shape(input_shape: tuple[int, ...], dataset: str) -> tuple[int, int] | None:

@@ -232,7 +232,7 @@ class AuditTracker(Tracker):
     def _explain(self, model: torch.nn.Module) -> dict[str, Any]:
         from fedlab.trackers.audit.explain import explain, skip_reason
 
-        reason = skip_reason(str(self.exp.cfg.model.get("_target_", "")))
+        reason = skip_reason(model)
         if reason:
             return {"skipped": reason}
         result = explain(
