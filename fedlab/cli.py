@@ -7,6 +7,10 @@ Ctrl-C and 143 for SIGTERM or SIGHUP (the record says ``interrupted``). A reject
 nothing behind: the directory Hydra created for it is removed again while it is empty.
 Hydra reports composition errors (an unknown group option, a value of
 the wrong type) itself over several lines; :func:`main` condenses them into one.
+
+``--help`` (``-h``) alone, or with overrides, is fedlab's own (:mod:`fedlab.help`, read from
+conf/ in a fraction of the time Hydra's takes); Hydra is imported only past that point, so this
+module imports nothing heavy (issue #22).
 """
 
 from __future__ import annotations
@@ -22,14 +26,13 @@ import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from fedlab.config.errors import ConfigError
+from fedlab.help import conf_root, render_help, wants_help
 
-from fedlab.config.schema import ConfigError, register_configs
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 PROG = "fedlab-run"
 #: Exit code of a run a tracker stopped on purpose (``budget_exhausted``, ``diverged``): not a
@@ -85,9 +88,11 @@ def run_hydra_app(hydra_main: Callable[[], Any], prog: str = PROG) -> None:
             REAL_STDERR.write(captured.getvalue())
 
 
-@hydra.main(version_base="1.3", config_path="pkg://fedlab.conf", config_name="config")
 def _run(cfg: DictConfig) -> float | None:
+    """The task function :func:`main` hands to ``hydra.main``: one run of the composed config."""
     release_stderr()
+    from hydra.core.hydra_config import HydraConfig
+
     from fedlab.console import setup_logging
     from fedlab.record.lifecycle import RunStopped, Terminated, handle_termination
     from fedlab.run import RunFailed, run_experiment
@@ -116,6 +121,34 @@ def _run(cfg: DictConfig) -> float | None:
             run_dir, TERMINATED_EXIT if isinstance(err, Terminated) else INTERRUPTED_EXIT
         )
     return results["accuracy"]  # the objective Hydra sweepers optimise
+
+
+class Callback:
+    """Hydra's callback interface (``hydra.experimental.callback.Callback``), every hook a
+    no-op: Hydra calls each hook on each callback it was given.
+
+    Subclassing Hydra's own class would import Hydra (0.1 s) with this module, which
+    ``fedlab-run --help`` has no use for (issue #22); Hydra only ever calls the hooks.
+    tests/test_cli_help.py checks that this class has every hook Hydra's has.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Before a single run's task function (``hydra.run.dir`` not created yet)."""
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """After a single run's task function returned."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Before any job of a multirun (``hydra.sweep.dir`` not created yet)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """After every job of a multirun."""
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Before each job, in the process that runs it."""
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        """After each job, with its ``JobReturn``."""
 
 
 class OutputDirCheck(Callback):
@@ -259,9 +292,22 @@ def condense(text: str) -> str:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: fedlab's own help (:mod:`fedlab.help`, no Hydra) when that
+    is all the command line asks for, else the Hydra app."""
+    argv = sys.argv[1:]
+    if wants_help(argv):
+        try:
+            print(render_help(conf_root(), [a for a in argv if not a.startswith("-")]))
+        except ConfigError as err:  # a conf/config.yaml that Hydra could not read either
+            fail(str(err), 2)
+        return
+    import hydra
+
+    from fedlab.config.schema import register_configs
+
     register_configs()
-    run_hydra_app(_run)
+    app = hydra.main(version_base="1.3", config_path="pkg://fedlab.conf", config_name="config")
+    run_hydra_app(app(_run))
 
 
 if __name__ == "__main__":

@@ -121,7 +121,9 @@ def open_record(exp: Experiment, run_dir: Path) -> RunRecord:
     """A record whose columns are the base ones plus every configured tracker's."""
     specs = tracker_specs(exp.cfg.trackers)
     return RunRecord(
-        run_dir, columns(ROUND_COLUMNS, specs, "round"), columns(CLIENT_COLUMNS, specs, "client")
+        run_dir,
+        columns(ROUND_COLUMNS, specs, "round", exp),
+        columns(CLIENT_COLUMNS, specs, "client", exp),
     )
 
 

@@ -48,7 +48,10 @@ from .experiments import Outcome, QuantumExperiment, experiment_name
 PROG = "fedlab-quantum"
 SCHEMA = "fedlab.quantum/1"
 # CarbonConfig keys about simulated clients and rounds: one host runs one experiment here.
-UNUSED_CARBON = ("regions", "links", "network", "intensity_profile", "hours_per_round")
+UNUSED_CARBON = (
+    "regions", "links", "network", "intensity_profile", "intensity", "traces", "forecast",
+    "forecast_error", "forecast_files",
+)
 
 log = logging.getLogger("fedlab.quantum")
 

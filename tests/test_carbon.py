@@ -22,6 +22,7 @@ import pytest
 
 from fedlab.config.schema import ConfigError
 from fedlab.trackers.carbon.attribution import PowerModel, attribute_round
+from fedlab.trackers.carbon.grid import GridIntensity
 from fedlab.trackers.carbon.host import HostTracker, host_energy_measured, read_power_model
 from fedlab.trackers.carbon.intensity import (
     IntensityProfile,
@@ -463,7 +464,7 @@ def test_ledger_round_arithmetic() -> None:
     bytes_by_client = {0: (1_000_000, 2_000_000), 1: (5_000_000, 5_000_000), 2: (0, 10)}
     row = ledger.record_round(
         1,
-        sim_time_s=0.0,
+        window=(0.0, 0.0),
         client_cpu_s={0: 2.0, 1: 3.0, 2: 0.5},
         server_cpu_s=1.0,
         bytes_by_client=bytes_by_client,
@@ -501,7 +502,7 @@ def test_ledger_round_arithmetic() -> None:
 def test_ledger_without_host_records_communication_only() -> None:
     ledger = _ledger()
     row = ledger.record_round(
-        1, sim_time_s=0, client_cpu_s={0: 1.0}, bytes_by_client={0: (10**9, 0)}
+        1, window=(0, 0), client_cpu_s={0: 1.0}, bytes_by_client={0: (10**9, 0)}
     )
     assert row["measured"] is False
     assert row["host_kwh"] is None
@@ -512,8 +513,9 @@ def test_ledger_without_host_records_communication_only() -> None:
 
 def test_ledger_profile_charges_communication_at_the_hour() -> None:
     profile = IntensityProfile({"POL": [float(h) for h in range(24)]})
-    ledger = CarbonLedger(["POL"], "FRA", profile=profile)
-    ledger.record_round(1, sim_time_s=5 * 3600 + 1, client_cpu_s={}, bytes_by_client={0: (1e9, 0)})
+    ledger = CarbonLedger(["POL"], "FRA", grid=GridIntensity(profile=profile))
+    at = 5 * 3600 + 1
+    ledger.record_round(1, window=(at, at), client_cpu_s={}, bytes_by_client={0: (1e9, 0)})
     assert ledger.client_rows[0]["comm_kg"] == pytest.approx(0.06 * 5 / 1000)
 
 
@@ -522,7 +524,7 @@ def test_ledger_state_survives_a_restart() -> None:
     for rnd in (1, 2):
         ledger.record_round(
             rnd,
-            sim_time_s=rnd * 60.0,
+            window=(rnd * 60.0, rnd * 60.0),
             client_cpu_s={0: 1.0, 2: 2.0},
             bytes_by_client={0: (100, 200), 2: (300, 400)},
             host=_reading(2e-5, "FRA"),
@@ -533,10 +535,12 @@ def test_ledger_state_survives_a_restart() -> None:
     restored = _ledger()
     restored.load_state_dict(state)
     assert restored.totals() == ledger.totals()
-    restored.record_round(3, sim_time_s=180, client_cpu_s={1: 1.0}, bytes_by_client={1: (1, 1)})
+    restored.record_round(
+        3, window=(180, 180), client_cpu_s={1: 1.0}, bytes_by_client={1: (1, 1)}
+    )
     assert restored.totals()["rounds"] == 3
     with pytest.raises(ValueError, match="already recorded"):
-        restored.record_round(3, sim_time_s=0, client_cpu_s={}, bytes_by_client={})
+        restored.record_round(3, window=(0, 0), client_cpu_s={}, bytes_by_client={})
     other = CarbonLedger(["POL", "NOR", "DEU"], "FRA", client_links=["wired", "4g", "wifi"])
     with pytest.raises(ValueError, match="client_regions"):
         other.load_state_dict(state)
@@ -545,12 +549,12 @@ def test_ledger_state_survives_a_restart() -> None:
 def test_ledger_rejects_unknown_clients_and_links() -> None:
     ledger = _ledger()
     with pytest.raises(ValueError, match="unknown client id 3"):
-        ledger.record_round(1, sim_time_s=0, client_cpu_s={3: 1.0}, bytes_by_client={})
+        ledger.record_round(1, window=(0, 0), client_cpu_s={3: 1.0}, bytes_by_client={})
     with pytest.raises(ValueError, match="unknown network link"):
         CarbonLedger(["FRA"], "FRA", client_links="carrier-pigeon")
     with pytest.raises(ValueError, match="PowerModel"):
         ledger.record_round(
-            1, sim_time_s=0, client_cpu_s={}, bytes_by_client={}, host=_reading(1e-5, "FRA")
+            1, window=(0, 0), client_cpu_s={}, bytes_by_client={}, host=_reading(1e-5, "FRA")
         )
 
 
@@ -649,7 +653,7 @@ def test_host_tracker_forced_power_model(offline: list[str], tmp_path: Path) -> 
     ledger = CarbonLedger(["IND"], "NOR")
     row = ledger.record_round(
         1,
-        sim_time_s=0,
+        window=(0, 0),
         client_cpu_s={0: 0.2},
         server_cpu_s=0.0,
         bytes_by_client={0: (10**6, 10**6)},

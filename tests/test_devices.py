@@ -100,7 +100,7 @@ def test_energy_is_power_times_time() -> None:
     from fedlab.trackers.devices.ledger import DeviceLedger
 
     fleet = _fleet()
-    ledger = DeviceLedger(fleet, intensity=lambda client, t: 500.0, count_idle=True)
+    ledger = DeviceLedger(fleet, intensity=lambda client, a, b: 500.0, count_idle=True)
     rows = [
         {"client": 0, "phase": "train", "status": "ok", "local_steps": 20},
         {"client": 1, "phase": "train", "status": "ok", "local_steps": 20},

@@ -18,11 +18,13 @@ from omegaconf.errors import OmegaConfBaseException
 from fedlab.config.schema import ConfigError, FedlabConfig, require
 from fedlab.data.datasets import DatasetSpec
 from fedlab.data.partition import FederatedData, lazy_federation, partition
+from fedlab.fl import clock
 from fedlab.fl.schedule import Scheduler
 from fedlab.fl.strategy import build_strategy, check_client_update, check_robust_aggregation
 from fedlab.trackers.registry import tracker_specs
 
 if TYPE_CHECKING:
+    from fedlab.trackers.carbon.grid import GridIntensity
     from fedlab.trackers.devices.fleet import Fleet
 
 
@@ -71,6 +73,8 @@ class Experiment:
     cfg: FedlabConfig
     dataset: DatasetSpec
     _fleet: tuple[FederatedData, Fleet] | None = field(default=None, repr=False)
+    _regions: list[str] | None = field(default=None, repr=False)
+    _grid: GridIntensity | None = field(default=None, repr=False)
 
     @classmethod
     def from_config(cls, raw: DictConfig) -> Experiment:
@@ -83,6 +87,7 @@ class Experiment:
         for spec in tracker_specs(cfg.trackers):
             spec.cls.check(exp)
         check_client_update(cfg)  # after the trackers': central DP's own refusal comes first
+        clock.check_clock(exp)
         if cfg.stragglers.fraction > 0:
             per_round = exp.scheduler().sample_size()
             require(
@@ -121,20 +126,50 @@ class Experiment:
             selection=cfg.strategy.selection,
             client_sampling=cfg.strategy.client_sampling,
             fairness_floor=cfg.strategy.fairness_floor,
-            intensity=self.region_intensity() if cfg.strategy.selection == "carbon_aware" else None,
+            intensity=self.forecast_intensity() if cfg.strategy.selection == "carbon_aware"
+            else None,
             evaluable=None
             if fed is None
             else tuple(pid for pid, idx in enumerate(fed.client_test) if len(idx)),
-            hours_per_round=cfg.carbon.hours_per_round,
             fleet=fleet,
             deadline_s=cfg.devices.deadline_s,
+            **clock.scheduler_options(cfg, self.regions, self.grid),
         )
 
-    def region_intensity(self) -> Any:
-        """(client, simulated seconds) -> gCO2e/kWh of the electricity in the client's region."""
-        from fedlab.trackers.carbon.intensity import client_region_intensity
+    def regions(self) -> list[str]:
+        """Each client's ISO-3 region (``carbon.regions``, else ``carbon.country``)."""
+        if self._regions is None:
+            self._regions = clock.client_regions(self.cfg)
+        return self._regions
 
-        return client_region_intensity(self.cfg.carbon, self.cfg.num_clients, self.cfg.seed)
+    def grid(self) -> GridIntensity:
+        """The intensities of the clients' and the host's grids on the simulated clock."""
+        if self._grid is None:
+            try:
+                self._grid = clock.build_run_grid(self.cfg, self.regions())
+            except (ValueError, OSError) as err:  # a trace file's, named in the message
+                raise clock.config_error(err, "carbon.traces") from None
+        return self._grid
+
+    def region_intensity(self) -> Any:
+        """(client, start s, end s) -> mean gCO2e/kWh of the client's region over that interval
+        of the simulated clock (what the devices' energy is charged at)."""
+        regions, grid = self.regions(), self.grid()
+
+        def intensity(client: int, a_s: float, b_s: float | None = None) -> float:
+            return grid.actual(regions[client], a_s, b_s)
+
+        return intensity
+
+    def forecast_intensity(self) -> Any:
+        """(client, simulated s) -> the forecast, issued then, of the client's grid at that
+        time: what carbon-aware selection sees (accounting uses the actual trace)."""
+        regions, grid = self.regions(), self.grid()
+
+        def intensity(client: int, t_s: float) -> float:
+            return grid.forecast(regions[client], t_s, None, t_s)
+
+        return intensity
 
     def fleet(self, fed: FederatedData) -> Fleet | None:
         """The clients' simulated devices over ``fed`` (None without ``devices``); built once."""
@@ -193,6 +228,7 @@ class Experiment:
         Returns the federation and the warnings to show the user.
         """
         fed = self.load_data()
+        clock.check_timeline(self, fed)
         specs = tracker_specs(self.cfg.trackers)
         warnings = [w for spec in specs for w in spec.cls.prepare(self, fed)]
         return fed, warnings

@@ -96,6 +96,14 @@ class PrivacyConfig:
         require_choice(self.audit, "privacy.audit", rules.AUDITS)
 
 
+#: Where intensities come from (``carbon.intensity``), what they measure
+#: (``carbon.intensity_kind``; Green Mirage, arXiv 2402.03550, shows the choice can overstate
+#: savings by up to 55 %) and what a policy decides on (``carbon.forecast``).
+INTENSITY_SOURCES = ("static", "trace")
+INTENSITY_KINDS = ("average", "marginal", "market")
+FORECASTS = ("perfect", "noisy", "persistence", "file")
+
+
 @dataclass
 class CarbonConfig:
     """Energy and emissions tracking (the ``carbon`` group; ``carbon=off`` disables it).
@@ -108,8 +116,17 @@ class CarbonConfig:
     the seed); ``links`` gives their network link (``wired``, ``wifi``, ``4g``, or a mapping
     or mix like regions'); ``network`` overrides the kWh/GB of a link, whose values live in the
     one table of links, ``devices.profiles.links`` (docs/carbon.md cites them), or prices a link
-    only carbon uses; ``intensity_profile`` is a CSV of hourly intensities per region, read at the
-    simulated clock: round r starts at (r - 1) * ``hours_per_round`` hours.
+    only carbon uses.
+
+    Where the intensities come from (``intensity``): ``static``, each region's annual value
+    from CodeCarbon's data (with ``intensity_profile``, a CSV of 24 hourly values per region
+    read at the hour of the simulated clock); or ``trace``, time series with UTC timestamps
+    read at the dated clock (``clock.start``): the bundled 2020 traces of DEU, GBR and FRA, or
+    ``traces`` ``{REGION: CSV}`` in the same format; ``intensity_kind`` says what a user's
+    traces hold (``average``, ``marginal`` or ``market``-based). Temporal policies and
+    carbon-aware selection decide on a ``forecast`` (``perfect``, ``noisy`` with a seeded
+    relative error ``forecast_error``, ``persistence``: the same hour a day earlier, or
+    ``file``: ``forecast_files`` ``{REGION: CSV}``); accounting always uses the actual trace.
     """
 
     enabled: bool = True
@@ -123,13 +140,29 @@ class CarbonConfig:
     links: Any = "wired"
     network: Any = None
     intensity_profile: str | None = None
-    hours_per_round: float = 1.0  # with simulated devices, their round times are the clock
+    intensity: str = "static"
+    traces: dict[str, str] = field(default_factory=dict)
+    intensity_kind: str = "average"
+    forecast: str = "perfect"
+    forecast_error: float = 0.05
+    forecast_files: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         require_choice(self.tracking_mode, "carbon.tracking_mode", ("machine", "process"))
         require(self.measure_power_secs > 0, "carbon.measure_power_secs", "must be > 0")
         require(self.pue >= 1, "carbon.pue", f"must be >= 1, got {self.pue}")
-        require(self.hours_per_round > 0, "carbon.hours_per_round", "must be > 0")
+        require_choice(self.intensity, "carbon.intensity", INTENSITY_SOURCES)
+        require_choice(self.intensity_kind, "carbon.intensity_kind", INTENSITY_KINDS)
+        require_choice(self.forecast, "carbon.forecast", FORECASTS)
+        ok = math.isfinite(self.forecast_error) and 0 <= self.forecast_error < 1
+        require(ok, "carbon.forecast_error", f"must be in [0, 1), got {self.forecast_error}")
+        require(self.forecast != "file" or bool(self.forecast_files), "carbon.forecast_files",
+                "carbon.forecast=file needs {REGION: CSV}, e.g. +carbon.forecast_files.DEU=f.csv")
+        require(self.intensity == "trace" or not self.traces, "carbon.traces",
+                "traces are read only with carbon.intensity=trace")
+        require(self.intensity == "static" or self.intensity_profile is None,
+                "carbon.intensity_profile", "a 24-hour profile is for carbon.intensity=static; "
+                "a trace already changes by the hour")
         for key in ("force_cpu_power", "force_ram_power"):
             value = getattr(self, key)
             require(value is None or value > 0, f"carbon.{key}", "must be > 0 watts or null")
@@ -178,7 +211,7 @@ class DevicesConfig:
     ``links`` overrides the devices' own links in the same forms (null: each device's own).
     With devices on, a round lasts as long as its slowest client's transfers and compute on
     its device, the run's simulated clock is the sum of those rounds (it replaces
-    ``carbon.hours_per_round`` for hourly intensity profiles), and a client whose round would
+    ``clock.round_hours``), and a client whose round would
     take longer than ``deadline_s`` is a straggler (``stragglers.policy`` says whether it is
     dropped or trains only what fits). ``count_idle`` adds the idle power of clients waiting
     for the slowest one to the edge energy.

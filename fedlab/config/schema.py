@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from fedlab.config.clock import ClockConfig
 from fedlab.config.errors import ConfigError, require, require_choice, require_fraction
 from fedlab.config.measurement import CarbonConfig, DevicesConfig, PrivacyConfig
 from fedlab.config.tracking import MonitoringConfig, TrackingConfig
@@ -255,6 +256,7 @@ class FedlabConfig:
     stragglers: StragglersConfig = field(default_factory=StragglersConfig)
     failures: FailuresConfig = field(default_factory=FailuresConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    clock: ClockConfig = field(default_factory=ClockConfig)
     carbon: CarbonConfig = field(default_factory=CarbonConfig)
     devices: DevicesConfig = field(default_factory=DevicesConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)

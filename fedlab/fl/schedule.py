@@ -5,10 +5,14 @@ same clients and the same stragglers in the same round (as FedProx's original co
 seeding client selection with the round number), a resumed run replays the same schedule, and
 Ray's scheduling order cannot change a result.
 
-The scheduler also keeps the run's simulated clock (:meth:`Scheduler.round_start_s`): rounds of
-``hours_per_round`` each, or, with simulated devices (:mod:`fedlab.trackers.devices`), each round as
-long as its slowest client takes on its device. Carbon-aware selection reads each client's grid
-at that clock, and a deadline turns the clients too slow for it into stragglers.
+The scheduler also keeps the run's simulated clock (:meth:`Scheduler.round_time`): rounds of
+``clock.round_hours`` each, or, with simulated devices (:mod:`fedlab.trackers.devices`), each round
+as long as its slowest client takes on its device; a temporal policy (:mod:`fedlab.fl.shifting`)
+may make a round wait for a cleaner hour, and availability windows for enough clients.
+Carbon-aware selection reads each client's grid forecast at that clock, and a device deadline
+turns the clients too slow for it into stragglers. The clock is worked out forward one round at
+a time (a round's plan may depend on the time it starts) and is, like the plans, a pure function
+of the config: a resumed run and a replay (:mod:`fedlab.trackers.carbon.replay`) see the same.
 """
 
 from __future__ import annotations
@@ -23,9 +27,32 @@ import numpy as np
 from fedlab.fl.training import seed_for
 
 if TYPE_CHECKING:
+    from fedlab.fl.shifting import Availability, Signal, TemporalPolicy
     from fedlab.trackers.devices.fleet import Fleet
 
 _SAMPLE, _STRAGGLE, _FAIL, _EVALUATE = range(4)
+#: How far the clock steps while it waits for enough available clients, and the longest wait.
+_AVAILABILITY_STEP_S = 900.0
+_AVAILABILITY_WAIT_S = 7 * 86400.0
+
+
+class NoClientsAvailable(ValueError):
+    """No time within a week of a round's planned start has enough clients available."""
+
+
+@dataclass(frozen=True)
+class RoundTime:
+    """A round's place on the simulated clock, in seconds since ``clock.start``."""
+
+    wait_s: float  # from the end of the previous round (or the clock's start) to this start
+    start_s: float
+    train_s: float
+    evaluate_s: float
+
+    @property
+    def end_s(self) -> float:
+        """When the round's evaluation ends."""
+        return self.start_s + self.train_s + self.evaluate_s
 
 
 @dataclass(frozen=True)
@@ -60,10 +87,16 @@ class Scheduler:
     fairness_floor: float = 0.2
     intensity: Callable[[int, float], float] | None = None  # (client, sim s) -> gCO2e/kWh
     evaluable: tuple[int, ...] | None = None  # clients holding test examples (None: all)
-    hours_per_round: float = 1.0  # the simulated clock without devices
+    round_s: float = 3600.0  # a round's duration on the simulated clock without devices
     fleet: Fleet | None = None  # simulated devices: round times come from them
     deadline_s: float | None = None  # a client slower than this is a straggler
-    _phases: list[tuple[float, float]] = field(default_factory=list, compare=False, repr=False)
+    num_rounds: int | None = None  # what a temporal policy plans for
+    policy: TemporalPolicy | None = None  # when rounds run (None: back to back)
+    signal: Signal | None = None  # the forecast a policy minimises
+    availability: Availability | None = None  # who can train when (None: always everyone)
+    start_epoch: float | None = None  # clock.start as POSIX seconds (None: undated)
+    _times: list[RoundTime] = field(default_factory=list, compare=False, repr=False)
+    _plans: dict[int, RoundPlan] = field(default_factory=dict, compare=False, repr=False)
 
     def _rng(self, server_round: int, stream: int) -> np.random.Generator:
         return np.random.default_rng(seed_for(self.seed, server_round, stream))
@@ -88,7 +121,13 @@ class Scheduler:
         )
         return round(n * (1 - self.straggler_fraction)) if self.straggler_policy == "drop" else n
 
-    def _select(self, server_round: int) -> np.ndarray:
+    def available(self, start_s: float) -> np.ndarray | None:
+        """Clients available at ``start_s`` on the simulated clock (None: every client)."""
+        if self.availability is None or self.start_epoch is None:
+            return None
+        return np.asarray(self.availability.available_clients(self.start_epoch + start_s), int)
+
+    def _select(self, server_round: int, start_s: float) -> np.ndarray:
         """The clients sampled for training.
 
         ``poisson``: every client independently with probability ``fraction_train`` (the
@@ -97,24 +136,41 @@ class Scheduler:
         EcoLearn and Lowcarb): ceil(fairness_floor * k) of the k slots are drawn uniformly
         from all clients, so each keeps a chance of at least that share / N per round; the
         rest go to the clients whose grid has the lowest intensity at this round's hour
-        (ties in a seeded random order).
+        (ties in a seeded random order), by the forecast at the round's start.
+
+        With availability windows only the clients available at the round's start are drawn
+        from (all of them when fewer are available than a round samples).
         """
         rng = self._rng(server_round, _SAMPLE)
+        pool = self.available(start_s)
         if self.client_sampling == "poisson":
-            return np.flatnonzero(rng.random(self.num_clients) < self.fraction_train)
+            drawn = np.flatnonzero(rng.random(self.num_clients) < self.fraction_train)
+            return drawn if pool is None else np.intersect1d(drawn, pool)
         k = self.sample_size()
+        if pool is None:
+            pool = np.arange(self.num_clients)
+            if self.selection == "random" or self.intensity is None:
+                return rng.choice(self.num_clients, k, replace=False)
+        k = min(k, len(pool))
         if self.selection == "random" or self.intensity is None:
-            return rng.choice(self.num_clients, k, replace=False)
-        fair = rng.choice(self.num_clients, math.ceil(self.fairness_floor * k), replace=False)
-        order = rng.permutation(self.num_clients)  # seeded tie-break
-        start = self.round_start_s(server_round)
-        cleanest = sorted(order, key=lambda c: self.intensity(int(c), start))
+            return rng.choice(pool, k, replace=False)
+        fair = rng.choice(pool, math.ceil(self.fairness_floor * k), replace=False)
+        order = rng.permutation(pool)  # seeded tie-break
+        cleanest = sorted(order, key=lambda c: self.intensity(int(c), start_s))
         rest = [c for c in cleanest if c not in set(fair.tolist())][: k - len(fair)]
         return np.concatenate([fair, np.asarray(rest, dtype=fair.dtype)])
 
     def plan(self, server_round: int) -> RoundPlan:
         """The schedule of ``server_round`` (1-based)."""
-        sampled = np.sort(self._select(server_round))
+        found = self._plans.get(server_round)
+        if found is None:
+            found = self._plan_at(server_round, self.round_time(server_round).start_s)
+            self._plans[server_round] = found
+        return found
+
+    def _plan_at(self, server_round: int, start_s: float) -> RoundPlan:
+        """The schedule of ``server_round`` if it started at ``start_s`` on the clock."""
+        sampled = np.sort(self._select(server_round, start_s))
 
         # FedProx: active = choice(selected, round(len * (1 - drop_percent))); the rest straggle.
         rng = self._rng(server_round, _STRAGGLE)
@@ -155,6 +211,9 @@ class Scheduler:
         # Federated evaluation draws among the clients that hold test examples: one with none
         # has nothing to report (and an all-empty round would leave nothing to average).
         pool = np.arange(self.num_clients) if self.evaluable is None else np.array(self.evaluable)
+        present = self.available(start_s)
+        if present is not None:
+            pool = np.intersect1d(pool, present)
         if self.fraction_evaluate > 0 and len(pool):
             n_eval = min(len(pool), max(1, int(self.num_clients * self.fraction_evaluate)))
             rng = self._rng(server_round, _EVALUATE)
@@ -171,25 +230,50 @@ class Scheduler:
         )
 
     def phases_s(self, server_round: int) -> tuple[float, float]:
-        """(training, evaluation) seconds of ``server_round`` on the simulated devices."""
-        assert self.fleet is not None, "round phases need simulated devices"
-        self.round_start_s(server_round + 1)  # works the clock forward, keeping each round's
-        return self._phases[server_round - 1]
+        """(training, evaluation) seconds of ``server_round`` on the simulated clock."""
+        time = self.round_time(server_round)
+        return time.train_s, time.evaluate_s
 
     def round_start_s(self, server_round: int) -> float:
-        """Simulated seconds from the start of the run to the start of ``server_round``.
+        """Simulated seconds from ``clock.start`` to the start of ``server_round``."""
+        return self.round_time(server_round).start_s
 
-        Without devices, ``hours_per_round`` per round. With them, the sum of the earlier
-        rounds' device times, worked out forward one round at a time (a round's plan may
-        depend on the clock at its start, through carbon-aware selection) and kept.
-        """
+    def round_time(self, server_round: int) -> RoundTime:
+        """Where ``server_round`` lies on the simulated clock (worked out forward and kept)."""
+        while len(self._times) < server_round:
+            self._times.append(self._next_time(len(self._times) + 1))
+        return self._times[server_round - 1]
+
+    def _duration(self, plan: RoundPlan) -> tuple[float, float]:
+        """(training, evaluation) seconds of a planned round: its devices' time, else the
+        configured round duration (all of it training)."""
         if self.fleet is None:
-            return (server_round - 1) * self.hours_per_round * 3600.0
-        while len(self._phases) < server_round - 1:
-            plan = self.plan(len(self._phases) + 1)
-            self._phases.append(
-                self.fleet.round_seconds(
-                    plan.epochs, plan.evaluate, plan.failing, self.deadline_s, plan.missed_deadline
-                )
+            return self.round_s, 0.0
+        return self.fleet.round_seconds(
+            plan.epochs, plan.evaluate, plan.failing, self.deadline_s, plan.missed_deadline
+        )
+
+    def _next_time(self, server_round: int) -> RoundTime:
+        """Place ``server_round`` after the previous one: the policy's start (on the round's
+        duration as planned from the earliest start), then, with availability windows, the
+        first quarter hour from there when enough clients are available."""
+        now = self._times[-1].end_s if self._times else 0.0
+        start = now
+        if self.policy is not None and self.signal is not None and self.num_rounds is not None:
+            estimate = sum(self._duration(self._plan_at(server_round, now)))
+            remaining = max(1, self.num_rounds - server_round + 1)
+            start = self.policy.next_start(
+                now, remaining, estimate, self.signal, first=server_round == 1
             )
-        return math.fsum(sum(p) for p in self._phases[: server_round - 1])
+        needed = min(max(1, self.min_train_clients), self.num_clients)
+        waited = 0.0
+        while (pool := self.available(start)) is not None and len(pool) < needed:
+            if waited >= _AVAILABILITY_WAIT_S:
+                raise NoClientsAvailable(
+                    f"round {server_round}: fewer than {needed} clients available within "
+                    "7 days of its planned start (clock.availability)"
+                )
+            start += _AVAILABILITY_STEP_S
+            waited += _AVAILABILITY_STEP_S
+        train, evaluation = self._duration(self._plan_at(server_round, start))
+        return RoundTime(start - now, start, train, evaluation)

@@ -15,9 +15,11 @@ import torch
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
+from fedlab.config.clock import format_utc
 from fedlab.config.experiment import Experiment
 from fedlab.console import round_line
 from fedlab.data.partition import FederatedData
+from fedlab.fl.clock import clock_summary
 from fedlab.fl.evaluation import personalized_section
 from fedlab.fl.grid import FedlabGrid, RoundTally
 from fedlab.fl.model import build_model
@@ -67,6 +69,8 @@ class RoundCloser:
         server_round += self.offset
         tally = self.grid.tally if server_round > 0 else None
         row = round_row(server_round, loss, accuracy, tally, time.perf_counter() - self.started)
+        if tally is not None:
+            row.update(clock_columns(self.grid.scheduler, server_round, self.exp.cfg.clock))
         stop: StopRun | None = None
         if tally is None:
             for tracker in self.trackers:
@@ -91,6 +95,7 @@ class RoundCloser:
                 if tally is not None and tally.count("evaluate", "ok")
                 else {}
             ),
+            clock=clock_summary(self.exp.cfg, self.grid.scheduler, self.record.rounds),
             communication={
                 key: sum(r.get(key) or 0 for r in self.record.rounds)
                 for key in ("bytes_down", "bytes_up")
@@ -187,6 +192,18 @@ def round_row(
         "duration_s": round(time.perf_counter() - tally.started, 3),
     }
 
+
+
+def clock_columns(scheduler: Any, server_round: int, clock: Any) -> dict[str, Any]:
+    """A round's place on the simulated clock: its UTC start and end (a dated clock only) and
+    how long it waited after the previous round (a temporal policy, availability)."""
+    when = scheduler.round_time(server_round)
+    start = clock.start_epoch
+    return {
+        "sim_start_utc": None if start is None else format_utc(start + when.start_s),
+        "sim_end_utc": None if start is None else format_utc(start + when.end_s),
+        "wait_s": when.wait_s,
+    }
 
 
 def run_server(

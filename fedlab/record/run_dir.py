@@ -52,6 +52,9 @@ ROUND_COLUMNS = (
     "bytes_up",
     "duration_s",
     "elapsed_s",
+    "sim_start_utc",
+    "sim_end_utc",
+    "wait_s",
 )
 CLIENT_COLUMNS = (
     "round",

@@ -125,6 +125,13 @@ class Tracker:
     report_module: ClassVar[str] = ""
 
     @classmethod
+    def columns(cls, kind: Literal["round", "client"], exp: Experiment) -> tuple[str, ...]:
+        """The columns this tracker adds to ``rounds.csv`` or ``clients.csv`` in ``exp``: its
+        ``round_columns`` / ``client_columns``, plus any that depend on the config (one per
+        region, say). Every record of one configuration has the same header."""
+        return tuple(getattr(cls, f"{kind}_columns"))
+
+    @classmethod
     def check(cls, exp: Experiment) -> None:
         """Validate the experiment's settings for this tracker before anything is written
         (raise :class:`fedlab.config.schema.ConfigError` naming the key)."""

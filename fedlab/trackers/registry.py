@@ -66,11 +66,13 @@ def described(specs: list[TrackerSpec]) -> dict[str, str]:
     return {s.name: f"{s.cls.__module__}.{s.cls.__qualname__}" for s in specs}
 
 
-def columns(base: tuple[str, ...], specs: list[TrackerSpec], kind: str) -> list[str]:
-    """``base`` then every tracker's ``round_columns`` or ``client_columns``, each once."""
+def columns(
+    base: tuple[str, ...], specs: list[TrackerSpec], kind: str, exp: Experiment
+) -> list[str]:
+    """``base`` then every tracker's ``round`` or ``client`` columns for ``exp``, each once."""
     out = dict.fromkeys(base)
     for spec in specs:
-        out.update(dict.fromkeys(getattr(spec.cls, f"{kind}_columns")))
+        out.update(dict.fromkeys(spec.cls.columns(kind, exp)))
     return list(out)
 
 

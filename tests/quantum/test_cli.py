@@ -241,8 +241,8 @@ def test_resources_routing_costs_without_carbon(
         (["carbon.force_cpu_power=0"], "carbon.force_cpu_power: must be > 0 watts or null"),
         (["carbon.links=wifi"], "carbon.links: not used by fedlab-quantum (one host)"),
         (
-            ["carbon.hours_per_round=2"],
-            "carbon.hours_per_round: not used by fedlab-quantum (one host)",
+            ["carbon.intensity=trace"],
+            "carbon.intensity: not used by fedlab-quantum (one host)",
         ),
         (["experiment.noise={p2: 0.02}"], "experiment.noise: a noise model needs"),
         (["experiment.marked=[1012]"], "experiment.marked: need bitstrings"),

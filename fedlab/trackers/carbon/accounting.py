@@ -10,11 +10,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fedlab.trackers.carbon.grid import GridIntensity
 from fedlab.trackers.carbon.host import HostTracker, host_energy_measured
-from fedlab.trackers.carbon.intensity import carbon_intensity, client_regions, intensity_data_year
+from fedlab.trackers.carbon.intensity import carbon_intensity, intensity_data_year
 from fedlab.trackers.carbon.ledger import CarbonLedger
 from fedlab.trackers.carbon.network import NetworkModel, assign_links
 from fedlab.trackers.carbon.readings import RoundMeasurement, RunEnergy
+
+#: The run directory's file holding the carbon ledger's rows.
+LEDGER_FILE = "carbon_ledger.json"
 
 
 class RunCarbon:
@@ -23,7 +27,8 @@ class RunCarbon:
     The server calls :meth:`start_round` when a round begins and :meth:`end_round` with the
     round's client rows when it ends; :meth:`stop` closes the tracker (so its total covers
     the whole run, start-up included) and :meth:`summary` gives the record's ``carbon``
-    section. ``cfg`` is a :class:`fedlab.config.schema.CarbonConfig`; ``links`` are the
+    section. ``cfg`` is a :class:`fedlab.config.schema.CarbonConfig`, ``regions`` each
+    client's region and ``grid`` their intensities on the simulated clock; ``links`` are the
     clients' links when simulated devices bring them (else ``carbon.links``), ``library`` the
     link table that prices them (``devices.profiles.links``; None: the packaged library).
     """
@@ -32,17 +37,18 @@ class RunCarbon:
         self,
         cfg: Any,
         run_dir: Path,
-        num_clients: int,
+        regions: Sequence[str],
+        grid: GridIntensity,
         seed: int,
         links: Sequence[str] | None = None,
         library: Mapping[str, Any] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.run_dir = run_dir
         network = NetworkModel.from_config(cfg.network, library)
-        regions, profile = client_regions(cfg, num_clients, seed)
         if links is None:  # simulated devices bring their own links
-            links = assign_links(num_clients, cfg.links, network, seed)
-        self.ledger = CarbonLedger(regions, cfg.country, network, links, profile)
+            links = assign_links(len(regions), cfg.links, network, seed)
+        self.ledger = CarbonLedger(regions, cfg.country, network, links, grid)
         self.tracker = HostTracker(
             run_dir,
             cfg.country,
@@ -64,14 +70,18 @@ class RunCarbon:
         self._server_cpu0 = time.process_time()
 
     def end_round(
-        self, server_round: int, rows: Sequence[Mapping[str, Any]], sim_time_s: float
+        self,
+        server_round: int,
+        rows: Sequence[Mapping[str, Any]],
+        window: tuple[float, float],
+        client_windows: Mapping[int, tuple[float, float]] | None = None,
     ) -> tuple[dict[str, float], dict[int, dict[str, Any]]]:
         """Close the round; returns its ``rounds.csv`` columns and per-client columns.
 
         ``rows`` are the round's ``clients.csv`` rows: each client's reported CPU seconds
         (train and evaluate), its process's one-time warm-up (overhead) and the bytes it
-        moved; ``sim_time_s`` is the round's start on the simulated clock (for hourly
-        intensity profiles).
+        moved; ``window`` is the round's interval on the simulated clock and
+        ``client_windows`` each client's (default: the round's).
         """
         server_cpu_s = time.process_time() - self._server_cpu0
         assert self._round is not None, "end_round without start_round"
@@ -87,7 +97,8 @@ class RunCarbon:
             moved[cid] = (down + int(r.get("bytes_down") or 0), up + int(r.get("bytes_up") or 0))
         row = self.ledger.record_round(
             server_round,
-            sim_time_s=sim_time_s,
+            window=window,
+            client_windows=client_windows,
             client_cpu_s=cpu,
             bytes_by_client=moved,
             host=self._measurement,
@@ -118,6 +129,7 @@ class RunCarbon:
         """JSON-able state for a checkpoint: the ledger's rows and the energy measured
         outside rounds so far (start-up, gaps), earlier attempts of a resumed run included."""
         kwh, kg = self.tracker.outside_so_far()
+        kg = self._outside_kg(kwh, kg)
         return {
             "ledger": self.ledger.state_dict(),
             "outside_kwh": self._previous_outside[0] + kwh,
@@ -132,6 +144,23 @@ class RunCarbon:
         """
         self.ledger.load_state_dict(state["ledger"])
         self._previous_outside = (float(state["outside_kwh"]), float(state["outside_kg"]))
+
+    def _outside_kg(self, kwh: float, codecarbon_kg: float) -> float:
+        """Emissions of the host's energy outside rounds (start-up, the gaps between rounds):
+        CodeCarbon's at its annual intensity, or with a trace at the host's intensity at the
+        clock's start (when the run is taken to start up)."""
+        ledger = self.ledger
+        if not ledger.grid.dated:
+            return codecarbon_kg
+        return kwh * ledger.grid.actual(ledger.host_region, 0.0) / 1000.0
+
+    def save_ledger(self) -> None:
+        """Write ``carbon_ledger.json``: every round's and client's kWh and interval on the
+        simulated clock (the ledger's rows), what a replay charges again under another clock
+        or grid (:mod:`fedlab.trackers.carbon.replay`)."""
+        from fedlab.record.run_dir import write_json
+
+        write_json(self.run_dir / LEDGER_FILE, self.state_dict())
 
     def stop(self) -> RunEnergy:
         """Stop measuring (closing a round left open by a failure); idempotent."""
@@ -157,12 +186,19 @@ class RunCarbon:
         overhead_kwh, overhead_kg = totals["residual_kwh"], totals["residual_kg"]
         if run is not None:  # the whole run, start-up and the time between rounds included
             outside_kwh = self._previous_outside[0] + run.outside_rounds.energy_kwh
-            outside_kg = self._previous_outside[1] + run.outside_rounds.emissions_kg
+            outside_kg = self._previous_outside[1] + self._outside_kg(
+                run.outside_rounds.energy_kwh, run.outside_rounds.emissions_kg
+            )
             host_kwh += outside_kwh
             host_kg += outside_kg
             overhead_kwh += outside_kwh
             overhead_kg += outside_kg
-        host_g = carbon_intensity(self.ledger.host_region)
+        grid, host = self.ledger.grid, self.ledger.host_region
+        year = intensity_data_year(host) or "year n/a"
+        host_g = carbon_intensity(host)
+        if grid.dated and self.ledger.round_rows:  # the mean the rounds were charged at
+            rows = self.ledger.round_rows
+            host_g = math.fsum(r["host_intensity_g_per_kwh"] for r in rows) / len(rows)
         return {
             "energy_kwh": host_kwh + totals["comm_kwh"],
             "emissions_kg": host_kg + totals["comm_kg"],
@@ -187,9 +223,12 @@ class RunCarbon:
             "country": self.ledger.host_region,
             "intensity_g_per_kwh": host_g,
             "intensity_source": (
-                "CodeCarbon global_energy_mix.json "
-                f"({intensity_data_year(self.ledger.host_region) or 'year n/a'})"
+                f"{grid.kind} intensity traces ({grid.describe([host])['regions'][host]})"
+                if grid.dated
+                else f"CodeCarbon global_energy_mix.json ({year})"
             ),
+            # where every region's intensities came from, what they measure, the forecast
+            "intensity": grid.describe([host, *self.ledger.client_regions]),
             "power_model": (
                 f"CodeCarbon {power.cpu_mode}: CPU {power.cpu_w_max:g} W at full load over "
                 f"{power.threads} threads ({power.cpu_source}), RAM {power.ram_w_static:g} W, "

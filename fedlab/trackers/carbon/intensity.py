@@ -13,7 +13,7 @@ import difflib
 import functools
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -161,33 +161,3 @@ class IntensityProfile:
         if values is None:
             return carbon_intensity(code)
         return values[self.hour_of(sim_time_s)]
-
-
-def intensity_at(region: str, sim_time_s: float, profile: IntensityProfile | None) -> float:
-    """Intensity of a region at a time: the profile if given, else the annual average."""
-    return profile.at(region, sim_time_s) if profile is not None else carbon_intensity(region)
-
-
-def client_regions(
-    cfg: Any, num_clients: int, seed: int
-) -> tuple[list[str], IntensityProfile | None]:
-    """Each client's region (``carbon.regions``, else ``carbon.country``) and the hourly
-    profile, if one is configured (``cfg`` is a :class:`fedlab.config.schema.CarbonConfig`)."""
-    regions = assign_regions(num_clients, cfg.regions or cfg.country, seed)
-    profile = IntensityProfile.from_csv(cfg.intensity_profile) if cfg.intensity_profile else None
-    return regions, profile
-
-
-def client_region_intensity(cfg: Any, num_clients: int, seed: int) -> Callable[[int, float], float]:
-    """gCO2e/kWh of each client's region at a time on the run's simulated clock.
-
-    The clock is the scheduler's (:meth:`fedlab.fl.schedule.Scheduler.round_start_s`); without
-    an hourly profile the intensity is the region's annual value. Used by carbon-aware client
-    selection, by the ledger and by the device model, so all three see the same intensity.
-    """
-    regions, profile = client_regions(cfg, num_clients, seed)
-
-    def intensity(client: int, sim_time_s: float) -> float:
-        return intensity_at(regions[client], sim_time_s, profile)
-
-    return intensity

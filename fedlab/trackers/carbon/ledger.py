@@ -2,8 +2,12 @@
 
 Client compute is charged at the *host's* intensity (that is where the electricity was drawn,
 and the number that adds up with the measured total), communication at the *client's* region
-intensity (hourly with a profile). Rows are plain JSON so a checkpoint carries them across a
-restart; totals are always recomputed from the rows.
+intensity. Each energy is drawn over an interval of the simulated clock (the round, or the
+client's phase of it) and charged at the intensity's mean over that interval
+(:class:`~fedlab.trackers.carbon.grid.GridIntensity`). Rows are plain JSON so a checkpoint
+carries them across a restart, and hold every kWh and interval, so a replay
+(:mod:`fedlab.trackers.carbon.replay`) can charge them again under another clock; totals are
+always recomputed from the rows.
 """
 
 from __future__ import annotations
@@ -13,17 +17,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fedlab.trackers.carbon.attribution import Attribution, PowerModel, attribute_round
-from fedlab.trackers.carbon.intensity import (
-    IntensityProfile,
-    carbon_intensity,
-    intensity_at,
-    kg_from_kwh,
-    normalise_code,
-)
+from fedlab.trackers.carbon.grid import GridIntensity
+from fedlab.trackers.carbon.intensity import carbon_intensity, kg_from_kwh, normalise_code
 from fedlab.trackers.carbon.network import NetworkModel
 from fedlab.trackers.carbon.readings import EnergyReading, RoundMeasurement
 
-_LEDGER_VERSION = 1
+_LEDGER_VERSION = 2  # 2: intervals (sim_start_s, sim_end_s) replace sim_time_s
 _SERVER = "server"
 
 
@@ -57,7 +56,7 @@ class CarbonLedger:
         host_region: str,
         network: NetworkModel | None = None,
         client_links: str | Sequence[str] = "wired",
-        profile: IntensityProfile | None = None,
+        grid: GridIntensity | None = None,
     ):
         self.client_regions = [normalise_code(r) for r in client_regions]
         self.host_region = normalise_code(host_region)
@@ -69,7 +68,7 @@ class CarbonLedger:
                 f"{len(client_links)} client links for {len(self.client_regions)} clients"
             )
         self.client_links = [self.network.check_link(link) for link in client_links]
-        self.profile = profile
+        self.grid = grid if grid is not None else GridIntensity()
         self.round_rows: list[dict[str, Any]] = []
         self.client_rows: list[dict[str, Any]] = []
 
@@ -87,22 +86,25 @@ class CarbonLedger:
         self,
         server_round: int,
         *,
-        sim_time_s: float,
+        window: tuple[float, float],
         client_cpu_s: Mapping[int, float],
         bytes_by_client: Mapping[int, tuple[int, int]],
         host: RoundMeasurement | EnergyReading | None = None,
         power: PowerModel | None = None,
         server_cpu_s: float = 0.0,
         warmup_cpu_s: float = 0.0,
+        client_windows: Mapping[int, tuple[float, float]] | None = None,
     ) -> dict[str, Any]:
         """Account one round; return its round row.
 
         ``client_cpu_s``: CPU seconds each participating client reported (train +
         evaluate). ``bytes_by_client``: ``(bytes_down, bytes_up)`` per client.
         ``host``/``power``: the round's :class:`HostTracker` measurement and power model,
-        or None when carbon tracking is off. ``sim_time_s``: seconds since run start, for
-        hourly profiles. ``warmup_cpu_s``: the client processes' one-time warm-up this round,
-        recorded but charged to no part (it stays in the residual, as overhead).
+        or None when carbon tracking is off. ``window``: the round's (start, end) on the
+        simulated clock, over which the host's energy is drawn; ``client_windows``: each
+        client's own interval (default: the round's). ``warmup_cpu_s``: the client
+        processes' one-time warm-up this round, recorded but charged to no part (it stays in
+        the residual, as overhead).
         """
         if any(row["round"] == server_round for row in self.round_rows):
             raise ValueError(f"round {server_round} already recorded")
@@ -114,80 +116,137 @@ class CarbonLedger:
         cids = sorted({self._check_client(c) for c in (*client_cpu_s, *bytes_by_client)})
 
         attribution: Attribution | None = None
-        host_g = carbon_intensity(self.host_region)
+        start_s, end_s = window
+        applied = None
         if reading is not None and power is not None:
             rate = power.kwh_per_cpu_second(reading.ram_w)
             seconds = {_SERVER: float(server_cpu_s)}
             seconds.update({_client_part(c): float(client_cpu_s.get(c, 0.0)) for c in cids})
             attribution = attribute_round(reading.energy_kwh, seconds, rate)
             applied = reading.intensity_g_per_kwh()
-            host_g = applied if applied is not None else host_g
 
-        round_comm_kwh: list[float] = []
-        round_comm_kg: list[float] = []
+        clients: list[dict[str, Any]] = []
         for cid in cids:
-            region = self.client_regions[cid]
-            link = self.client_links[cid]
             down, up = bytes_by_client.get(cid, (0, 0))
-            comm_kwh = self.network.energy_kwh(down + up, link)
-            client_g = intensity_at(region, sim_time_s, self.profile)
-            comm_kg = kg_from_kwh(comm_kwh, client_g)
-            compute_kwh = compute_kg = compute_kg_region = None
-            if attribution is not None:
-                compute_kwh = attribution.parts_kwh[_client_part(cid)]
-                compute_kg = kg_from_kwh(compute_kwh, host_g)
-                compute_kg_region = kg_from_kwh(compute_kwh, client_g)
-            round_comm_kwh.append(comm_kwh)
-            round_comm_kg.append(comm_kg)
-            self.client_rows.append(
+            a_s, b_s = (client_windows or {}).get(cid, window)
+            clients.append(
                 {
                     "round": server_round,
                     "client_id": cid,
-                    "region": region,
-                    "link": link,
+                    "region": self.client_regions[cid],
+                    "link": self.client_links[cid],
                     "cpu_s": float(client_cpu_s.get(cid, 0.0)),
-                    "compute_kwh": compute_kwh,
-                    "compute_kg": compute_kg,
-                    "compute_kg_client_grid": compute_kg_region,
-                    "client_intensity_g_per_kwh": client_g,
+                    "compute_kwh": (
+                        attribution.parts_kwh[_client_part(cid)] if attribution else None
+                    ),
+                    "sim_start_s": float(a_s),
+                    "sim_end_s": float(b_s),
                     "bytes_down": int(down),
                     "bytes_up": int(up),
-                    "comm_kwh": comm_kwh,
-                    "comm_kg": comm_kg,
+                    "comm_kwh": self.network.energy_kwh(down + up, self.client_links[cid]),
                 }
             )
-
         row: dict[str, Any] = {
             "round": server_round,
-            "sim_time_s": float(sim_time_s),
+            "sim_start_s": float(start_s),
+            "sim_end_s": float(end_s),
             "measured": attribution is not None,
             "host_region": self.host_region,
-            "host_intensity_g_per_kwh": host_g,
+            "codecarbon_g_per_kwh": applied,  # the intensity CodeCarbon applied (static)
+            "codecarbon_kg": reading.emissions_kg if reading else None,
             "duration_s": reading.duration_s if reading else None,
             "host_kwh": reading.energy_kwh if reading else None,
             "host_cpu_kwh": reading.cpu_kwh if reading else None,
             "host_ram_kwh": reading.ram_kwh if reading else None,
             "host_gpu_kwh": reading.gpu_kwh if reading else None,
-            "host_kg": reading.emissions_kg if reading else None,
             "server_cpu_s": float(server_cpu_s),
             "warmup_cpu_s": float(warmup_cpu_s),
             "server_kwh": attribution.parts_kwh[_SERVER] if attribution else None,
-            "server_kg": (
-                kg_from_kwh(attribution.parts_kwh[_SERVER], host_g) if attribution else None
-            ),
             "clients_compute_kwh": (
                 math.fsum(v for k, v in attribution.parts_kwh.items() if k != _SERVER)
                 if attribution
                 else None
             ),
             "residual_kwh": attribution.residual_kwh if attribution else None,
-            "residual_kg": kg_from_kwh(attribution.residual_kwh, host_g) if attribution else None,
             "attribution_scale": attribution.scale if attribution else None,
-            "comm_kwh": math.fsum(round_comm_kwh),
-            "comm_kg": math.fsum(round_comm_kg),
         }
+        self._charge(row, clients)
+        self.client_rows.extend(clients)
         self.round_rows.append(row)
         return row
+
+    def _charge(self, row: dict[str, Any], clients: list[dict[str, Any]]) -> None:
+        """Fill a round's intensities and emissions (in place) from its kWh and intervals.
+
+        The one rule for them, for a live round and for a replay alike: the host's energy at
+        the host's intensity over the round (CodeCarbon's own figure with static
+        intensities, as measured), each client's compute at the host's intensity over the
+        client's interval and, for the FL view, at its own region's; its communication at its
+        region's.
+        """
+        start_s, end_s = row["sim_start_s"], row["sim_end_s"]
+        applied = row["codecarbon_g_per_kwh"]
+        host_g = self.grid.actual(self.host_region, start_s, end_s)
+        if applied is not None and not self.grid.dated:
+            host_g = applied
+        row["host_intensity_g_per_kwh"] = host_g
+        measured = row["host_kwh"] is not None
+        row["host_kg"] = (
+            None if not measured
+            else kg_from_kwh(row["host_kwh"], host_g) if self.grid.dated
+            else row["codecarbon_kg"]
+        )
+        for key in ("server", "residual"):
+            kwh = row[f"{key}_kwh"]
+            row[f"{key}_kg"] = None if kwh is None else kg_from_kwh(kwh, host_g)
+        for c in clients:
+            a_s, b_s = c["sim_start_s"], c["sim_end_s"]
+            client_g = self.grid.actual(c["region"], a_s, b_s)
+            c["client_intensity_g_per_kwh"] = client_g
+            c["comm_kg"] = kg_from_kwh(c["comm_kwh"], client_g)
+            kwh = c["compute_kwh"]
+            c["compute_kg"] = None if kwh is None else kg_from_kwh(
+                kwh, self._host_g(host_g, a_s, b_s)
+            )
+            c["compute_kg_client_grid"] = None if kwh is None else kg_from_kwh(kwh, client_g)
+        row["comm_kwh"] = math.fsum(c["comm_kwh"] for c in clients)
+        row["comm_kg"] = math.fsum(c["comm_kg"] for c in clients)
+
+    def recharged(
+        self,
+        grid: GridIntensity,
+        windows: Mapping[int, tuple[float, float]],
+        client_windows: Mapping[int, Mapping[int, tuple[float, float]]],
+        regions: Sequence[str] | None = None,
+        host_region: str | None = None,
+    ) -> CarbonLedger:
+        """The same energy charged again on another clock or grid: a copy whose rounds lie
+        at ``windows`` (round -> interval), its clients at ``client_windows``, with
+        ``grid``'s intensities (and other ``regions`` / ``host_region`` if given). What a
+        replay of a finished run computes (:mod:`fedlab.trackers.carbon.replay`)."""
+        out = CarbonLedger(
+            regions or self.client_regions, host_region or self.host_region, self.network,
+            self.client_links, grid,
+        )
+        for row in self.round_rows:
+            r = row["round"]
+            copy = {**row, "host_region": out.host_region}
+            copy["sim_start_s"], copy["sim_end_s"] = windows[r]
+            clients = []
+            for c in self.client_rows:
+                if c["round"] == r:
+                    a_s, b_s = client_windows[r][c["client_id"]]
+                    region = out.client_regions[c["client_id"]]
+                    clients.append({**c, "region": region, "sim_start_s": a_s, "sim_end_s": b_s})
+            out._charge(copy, clients)
+            out.round_rows.append(copy)
+            out.client_rows.extend(clients)
+        return out
+
+    def _host_g(self, round_g: float, a_s: float, b_s: float) -> float:
+        """The host's intensity over a client's interval: a trace's mean over it, else the
+        round's (static values do not change within a round)."""
+        return self.grid.actual(self.host_region, a_s, b_s) if self.grid.dated else round_g
 
     # -- totals --------------------------------------------------------------------
 
@@ -199,7 +258,7 @@ class CarbonLedger:
             measured = [r for r in rows if r["compute_kwh"] is not None]
             out[region] = {
                 "clients": sum(1 for r in self.client_regions if r == region),
-                "intensity_g_per_kwh": carbon_intensity(region),
+                "intensity_g_per_kwh": self._region_intensity(region, rows),
                 "cpu_s": math.fsum(r["cpu_s"] for r in rows),
                 "bytes_down": sum(r["bytes_down"] for r in rows),
                 "bytes_up": sum(r["bytes_up"] for r in rows),
@@ -210,6 +269,13 @@ class CarbonLedger:
                 "comm_kg": math.fsum(r["comm_kg"] for r in rows),
             }
         return out
+
+    def _region_intensity(self, region: str, rows: Sequence[Mapping[str, Any]]) -> float:
+        """A region's intensity for the totals: its annual value, or with a trace the mean of
+        the intensities its clients' rows were charged at."""
+        if not self.grid.dated or not rows:
+            return carbon_intensity(region)
+        return math.fsum(r["client_intensity_g_per_kwh"] for r in rows) / len(rows)
 
     def totals(self) -> dict[str, Any]:
         """Run totals: host measurement, its split, communication, and per region."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from fedlab.config.clock import format_utc
 from fedlab.trackers.base import LedgerTracker, Objective, RoundContext, RunContext
 
 if TYPE_CHECKING:
@@ -21,7 +22,9 @@ class CarbonTracker(LedgerTracker):
 
     name = "carbon"
     round_columns = ("energy_kwh", "emissions_kg", "compute_kg", "communication_kg")
-    client_columns = ("region", "energy_kwh", "emissions_kg", "warmup_cpu_s")
+    client_columns = (
+        "region", "energy_kwh", "emissions_kg", "warmup_cpu_s", "sim_start_utc", "sim_end_utc"
+    )
     #: A process's one-time warm-up, reported apart from the client's own CPU seconds: it is
     #: overhead, charged to no client (fedlab.fl.training.warm_up).
     reply_metrics: ClassVar[Mapping[str, str]] = {"warmup-cpu-s": "warmup_cpu_s"}
@@ -36,6 +39,19 @@ class CarbonTracker(LedgerTracker):
         Objective("communication_kg", (("carbon", "communication_kg"),), unit="kgCO2e",
                   header="comm kg"),
     )
+
+    @classmethod
+    def columns(cls, kind: str, exp: Experiment) -> tuple[str, ...]:
+        """Besides the fixed columns, per round each region's actual and forecast intensity
+        over the round (``intensity_<REGION>``, ``forecast_<REGION>``, gCO2e/kWh): the
+        clients' regions and the host's."""
+        fixed = super().columns(kind, exp)  # type: ignore[arg-type]
+        if kind != "round" or not exp.cfg.carbon.enabled:
+            return fixed
+        from fedlab.fl.clock import needed_regions
+
+        regions = needed_regions(exp.cfg, exp.regions())
+        return (*fixed, *(f"{p}_{r}" for r in regions for p in ("intensity", "forecast")))
 
     @classmethod
     def check(cls, exp: Experiment) -> None:
@@ -55,6 +71,7 @@ class CarbonTracker(LedgerTracker):
 
     @classmethod
     def build(cls, run: RunContext, **options: Any) -> CarbonTracker | None:
+        from fedlab.fl.clock import needed_regions
         from fedlab.trackers.carbon.accounting import RunCarbon
 
         exp = run.exp
@@ -64,12 +81,15 @@ class CarbonTracker(LedgerTracker):
         carbon = RunCarbon(
             exp.cfg.carbon,
             run.run_dir,
-            exp.cfg.num_clients,
+            exp.regions(),
+            exp.grid(),
             exp.cfg.seed,
             links=None if fleet is None else [link.name for link in fleet.links],
             library=exp.cfg.devices.profiles.links,
         )
-        return cls(carbon)
+        tracker = cls(carbon)
+        tracker.regions = needed_regions(exp.cfg, exp.regions())
+        return tracker
 
     @classmethod
     def inactive_summary(cls, exp: Experiment) -> dict[str, Any]:
@@ -80,12 +100,25 @@ class CarbonTracker(LedgerTracker):
         self.ledger.start_round(server_round)
 
     def end_round(self, ctx: RoundContext) -> dict[str, Any]:
+        from fedlab.fl.clock import client_windows
+
         r = ctx.server_round
+        time = ctx.clock.round_time(r)
+        windows = client_windows(ctx.clock, r, ctx.tally.rows)
         columns, per_client = self.ledger.end_round(
-            r, ctx.tally.rows, ctx.clock.round_start_s(r)
+            r, ctx.tally.rows, (time.start_s, time.end_s), windows
         )
+        grid = self.ledger.ledger.grid
         for row in ctx.tally.rows:  # each client's share, on its first row
             row.update(per_client.pop(row["client"], {}))
+            if grid.dated:
+                a, b = windows[int(row["client"])]
+                row.update(sim_start_utc=format_utc(grid.epoch(a)),
+                           sim_end_utc=format_utc(grid.epoch(b)))
+        issued = time.start_s - time.wait_s  # a policy decides when the previous round ends
+        for region in self.regions:
+            columns[f"intensity_{region}"] = grid.actual(region, time.start_s, time.end_s)
+            columns[f"forecast_{region}"] = grid.forecast(region, time.start_s, time.end_s, issued)
         return columns
 
     def final_fragment(self, section: Any) -> str | None:
@@ -110,4 +143,6 @@ class CarbonTracker(LedgerTracker):
 
     def close(self) -> dict[str, Any]:
         """Stop CodeCarbon: the final section covers the whole run, start-up included."""
-        return self.ledger.summary(self.ledger.stop())
+        section = self.ledger.summary(self.ledger.stop())
+        self.ledger.save_ledger()
+        return section

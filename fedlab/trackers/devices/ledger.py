@@ -35,7 +35,8 @@ class DeviceLedger:
     def __init__(
         self,
         fleet: Fleet,
-        intensity: Callable[[int, float], float],  # (client, simulated s) -> region's g/kWh
+        # (client, start s, end s) -> the mean g/kWh of the client's region over that interval
+        intensity: Callable[[int, float, float], float],
         count_idle: bool = True,
     ) -> None:
         self.fleet = fleet
@@ -107,7 +108,10 @@ class DeviceLedger:
             client = int(row["client"])
             cost = self._cost(row, phase_s)
             idle_s = max(0.0, phase_s - cost.busy_s) if row["status"] == "ok" else 0.0
-            columns = self._client_columns(client, cost, idle_s, self.intensity(client, start_s))
+            # a device draws its energy over the phase it took part in (fedlab.fl.clock)
+            a_s = start_s if row["phase"] == "train" else start_s + phases[0]
+            g_per_kwh = self.intensity(client, a_s, a_s + phase_s)
+            columns = self._client_columns(client, cost, idle_s, g_per_kwh)
             row.update(columns)
             for key in total:
                 total[key] += columns[f"device_{key}"]
