@@ -130,7 +130,7 @@ class PrometheusTracker(Tracker):
         cfg = run.exp.cfg
         if cfg.monitoring.backend != "prometheus":
             return None
-        schema = columns(ROUND_COLUMNS, tracker_specs(cfg.trackers), "round")
+        schema = columns(ROUND_COLUMNS, tracker_specs(cfg.trackers), "round", run.exp)
         return cls(cfg.monitoring.host, cfg.monitoring.port, str(run.run_dir), cfg.strategy.name,
                    schema, cfg.num_rounds, run.run_dir)
 
