@@ -321,7 +321,7 @@ def _execute(
     host's energy) covers the whole run, start-up included.
     """
     from fedlab.record import lineage
-    from fedlab.reports.curves import plot_curves
+    from fedlab.reports.curves import plot_curves, plot_run_figures
     from fedlab.reports.model_card import write_model_card
     from fedlab.trackers.base import Tracker
 
@@ -339,6 +339,7 @@ def _execute(
         fields = trackers.close()
         if record.rounds:
             plot_curves(record.dir)
+            plot_run_figures(record.dir)
         # The model and checkpoint are final now: hash the chain. A tracker that publishes
         # the record elsewhere may annotate its section afterwards, so that one is not hashed.
         later = {t.name for t in trackers if type(t).published is not Tracker.published}

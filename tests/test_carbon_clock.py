@@ -147,6 +147,9 @@ def test_rounds_are_charged_at_the_trace_at_their_simulated_time(dated_runs) -> 
     assert sorted((_epoch(r["sim_start_utc"]) - start) / 3600 for r in rows) == sorted(cheapest)
     results = json.loads((run / "results.json").read_text())
     assert results["clock"]["deadline_met"] is True
+    assert results["clock"]["wait_hours"] == pytest.approx(
+        (max(_epoch(r["sim_end_utc"]) for r in rows) - start) / 3600 - 3)
+    assert (run / "timeline.png").stat().st_size > 10_000  # the run's own picture
     assert results["carbon"]["intensity"]["kind"] == "average"
 
 

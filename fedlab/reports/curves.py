@@ -63,3 +63,15 @@ def curves_figure(panels: list[Panel]) -> Figure:
 def plot_curves(run_dir: Path) -> None:
     """Write ``curves.png`` into ``run_dir`` from its record (atomically)."""
     save_figure(curves_figure(run_panels(load_run(run_dir))), run_dir / CURVES)
+
+
+def plot_run_figures(run_dir: Path) -> list[Path]:
+    """Write every tracker's own pictures (:meth:`~fedlab.trackers.base.Tracker.run_figures`)
+    into ``run_dir`` as ``<stem>.png``; returns the files written."""
+    run = load_run(run_dir)
+    written = []
+    for cls in run.trackers:
+        for stem, figure in cls.run_figures(run).items():
+            save_figure(figure, run_dir / f"{stem}.png")
+            written.append(run_dir / f"{stem}.png")
+    return written

@@ -19,7 +19,8 @@ name one. A tracker says what it can do by what it declares:
   :meth:`final_note`, :meth:`close`, :meth:`published`;
 * :meth:`summary` (its ``results.json`` section) and :meth:`state_dict` /
   :meth:`load_state_dict` (its part of the checkpoint, as Opacus's accountants do);
-* :meth:`card_section`, the model card's section, written from the record alone.
+* :meth:`card_section`, the model card's section, :meth:`run_panels` and :meth:`run_figures`,
+  its pictures, all written from the record alone.
 
 Why fedlab writes this interface itself: Flower's strategies and mods see messages, not a
 run (no round-end hook with the whole round's client rows, no checkpoint or record); CodeCarbon
@@ -228,6 +229,12 @@ class Tracker:
     def run_panels(cls, run: Run) -> list[Panel]:
         """Extra panels of the run's ``curves.png`` (accuracy on the device clock, say)."""
         return cls._report("run_panels", [], run)
+
+    @classmethod
+    def run_figures(cls, run: Run) -> dict[str, Any]:
+        """Pictures of their own for the run directory: file stem -> matplotlib Figure (a
+        dated run's carbon timeline, say); drawn from the record when the run ends."""
+        return cls._report("run_figures", {}, run)
 
     @classmethod
     def comparison_figures(cls, comparison: Comparison) -> dict[str, Any]:

@@ -92,6 +92,53 @@ def card_section(run: Run) -> str:
 
 
 # --------------------------------------------------------------------------------------
+# the run's own pictures
+# --------------------------------------------------------------------------------------
+
+
+def run_figures(run: Run) -> dict[str, Figure]:
+    """``timeline.png`` of a run on a dated clock with intensity traces: each region's trace
+    over the run's period, the forecast each round was planned on, the rounds as bars and the
+    clients as dots at the intensity they were charged (:func:`timeline_figure`)."""
+    from fedlab.config.clock import parse_utc
+    from fedlab.reports.timeline import timeline_figure
+    from fedlab.trackers.carbon.traces import load_traces
+
+    described = run.section("carbon").get("intensity") or {}
+    if described.get("source") != "trace":
+        return {}
+    spans = [
+        (int(r["round"]), parse_utc(r["sim_start_utc"]), parse_utc(r["sim_end_utc"]))
+        for r in run.rounds if r.get("sim_start_utc")
+    ]
+    if not spans:
+        return {}
+    files = {
+        region: source for region, source in described["regions"].items()
+        if not str(source).startswith("bundled")
+    }
+    traces = load_traces(files or None, described["regions"], described.get("kind", "average"))
+    a, b = spans[0][1] - 6 * 3600, max(s[2] for s in spans) + 6 * 3600
+    intensity = {
+        region: (w.times.tolist(), w.values.tolist())
+        for region, trace in traces.items() if (w := trace.window(max(a, trace.start),
+                                                                  min(b, trace.end)))
+    }
+    forecast = {
+        region: ([s[1] for s in spans], [float(r[f"forecast_{region}"]) for r in run.rounds
+                                         if r.get("sim_start_utc")])
+        for region in intensity if f"forecast_{region}" in (run.rounds[-1] if run.rounds else {})
+    }
+    clients = [
+        (parse_utc(c["sim_start_utc"]), c["region"]) for c in run.clients
+        if c.get("sim_start_utc") and c.get("region") in intensity
+    ]
+    title = f"{run.section('clock').get('policy', 'immediate')} | {run.path.name}"
+    figure = timeline_figure(intensity, spans, clients, forecast or None,
+                             kind=described.get("kind", "average"), title=title)
+    return {"timeline": figure}
+
+
 # fedlab-compare
 # --------------------------------------------------------------------------------------
 
