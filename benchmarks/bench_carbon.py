@@ -95,7 +95,7 @@ def run_tracked(rounds: int, steps: int, run_dir: Path) -> dict[str, float]:
             cpu_s = time.process_time() - cpu0
         ledger.record_round(
             rnd,
-            sim_time_s=time.perf_counter() - t0,
+            window=(time.perf_counter() - t0,) * 2,
             client_cpu_s={0: cpu_s},
             bytes_by_client={0: (10**6, 10**6)},
             host=measurement,
@@ -144,7 +144,7 @@ def micro(run_dir: Path, empty_rounds: int, sleep_s: float) -> dict[str, float]:
         t0 = time.perf_counter()
         ledger.record_round(
             rnd,
-            sim_time_s=rnd,
+            window=(float(rnd), float(rnd + 1)),
             client_cpu_s={c: 1.0 for c in range(10)},
             bytes_by_client={c: (10**6, 10**6) for c in range(10)},
             host=reading,

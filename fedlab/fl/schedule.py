@@ -270,8 +270,8 @@ class Scheduler:
         while (pool := self.available(start)) is not None and len(pool) < needed:
             if waited >= _AVAILABILITY_WAIT_S:
                 raise NoClientsAvailable(
-                    f"round {server_round}: fewer than {needed} clients available within "
-                    "7 days of its planned start (clock.availability)"
+                    f"clock.availability: round {server_round} finds fewer than {needed} "
+                    "clients available within 7 days of its planned start"
                 )
             start += _AVAILABILITY_STEP_S
             waited += _AVAILABILITY_STEP_S
