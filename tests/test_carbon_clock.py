@@ -150,6 +150,8 @@ def test_rounds_are_charged_at_the_trace_at_their_simulated_time(dated_runs) -> 
     assert results["clock"]["wait_hours"] == pytest.approx(
         (max(_epoch(r["sim_end_utc"]) for r in rows) - start) / 3600 - 3)
     assert (run / "timeline.png").stat().st_size > 10_000  # the run's own picture
+    card = (run / "model_card.md").read_text()
+    assert "hourly **average** traces" in card and "deadline 24 h met" in card
     assert results["carbon"]["intensity"]["kind"] == "average"
 
 

@@ -40,6 +40,28 @@ def _how(carbon: dict[str, Any]) -> str:
     return "estimated by CodeCarbon's power model (no hardware energy counter was read)"
 
 
+def _clock_lines(intensity: dict[str, Any], clock: dict[str, Any]) -> list[str]:
+    """With hourly traces: what kind of intensity the bill uses and when training ran on the
+    simulated clock (a saving from shifting depends on both: Green Mirage, arXiv 2402.03550)."""
+    if intensity.get("source") != "trace":
+        return []
+    sources = ", ".join(f"{r}: {s}" for r, s in sorted((intensity.get("regions") or {}).items()))
+    met = clock.get("deadline_met")
+    deadline = (
+        f", deadline {clock['deadline_hours']:g} h {'met' if met else 'missed'}"
+        if clock.get("deadline_hours") is not None and met is not None else ""
+    )
+    return [
+        f"- Intensities are hourly **{intensity.get('kind', 'average')}** traces ({sources}); "
+        f"decisions used the {intensity.get('forecast', 'perfect')} forecast, the bill the "
+        "actual trace.",
+        f"- Simulated clock: {clock.get('start_utc')} to {clock.get('end_utc')} "
+        f"({shown(clock.get('sim_hours'), '.3g')} h, of which "
+        f"{shown(clock.get('wait_hours'), '.3g')} h waiting), policy "
+        f"{clock.get('policy', 'immediate')}{deadline}.",
+    ]
+
+
 def card_section(run: Run) -> str:
     """The model card's "Carbon footprint" section ("Not tracked" when carbon was off)."""
     carbon, communication = run.section("carbon"), run.section("communication")
@@ -75,6 +97,7 @@ def card_section(run: Run) -> str:
         f"{shown(down, '.0f')} bytes down and {shown(up, '.0f')} bytes up.",
         "- All clients ran on one host: per-client compute is that host's energy shared by "
         "CPU time, not a measurement of client devices.",
+        *_clock_lines(carbon.get("intensity") or {}, run.section("clock")),
     ]
     regions = carbon.get("regions") or {}
     if regions:
