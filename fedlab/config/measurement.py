@@ -97,8 +97,9 @@ class PrivacyConfig:
 
 
 #: Where intensities come from (``carbon.intensity``), what they measure
-#: (``carbon.intensity_kind``; Green Mirage, arXiv 2402.03550, shows the choice can overstate
-#: savings by up to 55 %) and what a policy decides on (``carbon.forecast``).
+#: (``carbon.intensity_kind``: Green Mirage, arXiv 2402.03550, shows that mixing location- and
+#: market-based accounting can overstate savings by up to 55 %) and what a policy decides on
+#: (``carbon.forecast``).
 INTENSITY_SOURCES = ("static", "trace")
 INTENSITY_KINDS = ("average", "marginal", "market")
 FORECASTS = ("perfect", "noisy", "persistence", "file")
