@@ -185,3 +185,24 @@ def test_replay_equals_the_real_run(dated_runs, tmp_path: Path) -> None:
     rows = list(csv.DictReader((out / "replay.csv").open()))
     assert len(rows) == 4 and (out / "avoided.png").is_file() and (out / "timeline.png").is_file()
     assert main(["replay", str(june), "--out", str(out)]) == 2  # nothing overwritten
+
+
+def test_deferral_under_carbon_aware_selection_aims_at_the_clients_it_would_pick() -> None:
+    """3 DEU and 1 FRA client, 2 trained per round, 1 of them a uniform fairness draw: the
+    signal is (population mean + the cleanest region's value) / 2, by hand."""
+    import numpy as np
+
+    from fedlab.trackers.carbon.forecast import PerfectForecast
+    from fedlab.trackers.carbon.grid import GridIntensity
+    from fedlab.trackers.carbon.traces import IntensityTrace
+
+    t0 = _epoch("2020-01-01T00:00:00Z")
+    times = np.array([t0, t0 + 3600.0])
+    traces = {
+        "DEU": IntensityTrace("DEU", times, np.array([400.0, 100.0])),
+        "FRA": IntensityTrace("FRA", times, np.array([50.0, 200.0])),
+    }
+    grid = GridIntensity(traces=traces, forecaster=PerfectForecast(traces), start_epoch=t0)
+    signal = grid.selection_signal({"DEU": 3, "FRA": 1}, k=2, fair=1)
+    assert signal(0.0, 3600.0, 0.0) == pytest.approx(((3 * 400 + 50) / 4 + 50) / 2)
+    assert signal(3600.0, 7200.0, 0.0) == pytest.approx(((3 * 100 + 200) / 4 + 100) / 2)

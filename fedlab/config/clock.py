@@ -20,8 +20,8 @@ from fedlab.config.errors import ConfigError, require, require_choice
 
 #: The temporal policies (:class:`fedlab.fl.shifting.TemporalPolicy`).
 POLICIES = ("immediate", "deadline", "threshold")
-#: Whose forecast a temporal policy minimises: the clients' grids (weighted by clients per
-#: region) or the simulation host's grid.
+#: Whose forecast a temporal policy minimises: the grids of the clients a round would train
+#: (the population, or those carbon-aware selection would pick) or the simulation host's.
 SIGNALS = ("clients", "host")
 
 

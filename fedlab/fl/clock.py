@@ -43,8 +43,7 @@ def scheduler_options(cfg: FedlabConfig, regions: Any, grid: Any) -> dict[str, A
             threshold=clock.threshold_g_per_kwh,
             horizon_s=clock.max_wait_hours * 3600.0,
         )
-        weights = Counter(regions()) if clock.signal == "clients" else {cfg.carbon.country: 1}
-        options["signal"] = grid().signal(weights)
+        options["signal"] = policy_signal(cfg, regions, grid)
     if clock.availability is not None:
         from fedlab.fl.shifting import Availability
 
@@ -52,6 +51,27 @@ def scheduler_options(cfg: FedlabConfig, regions: Any, grid: Any) -> dict[str, A
             clock.availability, regions(), clock.timezone, cfg.num_clients, cfg.seed
         )
     return options
+
+
+def policy_signal(cfg: FedlabConfig, regions: Any, grid: Any) -> Any:
+    """The forecast a temporal policy minimises (``clock.signal``): the host's grid, or the
+    grids of the clients a round would train: the whole population (weighted by clients per
+    region) under random selection, and under carbon-aware selection the ones it would pick
+    at that time (its uniform fairness draws at the population's mean, the rest from the
+    cleanest forecast regions), so deferring and selecting aim at the same clients."""
+    if cfg.clock.signal == "host":
+        return grid().signal({cfg.carbon.country: 1})
+    counts = Counter(regions())
+    if cfg.strategy.selection != "carbon_aware":
+        return grid().signal(counts)
+    import math
+
+    from fedlab.fl.schedule import sample_size
+
+    strategy = cfg.strategy
+    k = sample_size(cfg.num_clients, strategy.fraction_train, strategy.min_train_clients)
+    fair = math.ceil(strategy.fairness_floor * k)
+    return grid().selection_signal(counts, k, fair)
 
 
 def client_windows(

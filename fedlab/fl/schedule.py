@@ -40,6 +40,13 @@ class NoClientsAvailable(ValueError):
     """No time within a week of a round's planned start has enough clients available."""
 
 
+def sample_size(num_clients: int, fraction_train: float, min_train_clients: int) -> int:
+    """Clients a round samples (fixed-size sampling): ``fraction_train`` of all, at least the
+    minimum and one, at most all."""
+    wanted = max(min_train_clients, int(num_clients * fraction_train), 1)
+    return min(wanted, num_clients)
+
+
 @dataclass(frozen=True)
 class RoundTime:
     """A round's place on the simulated clock, in seconds since ``clock.start``."""
@@ -104,8 +111,7 @@ class Scheduler:
     def sample_size(self) -> int:
         """Clients sampled per round (fixed-size sampling): ``fraction_train`` of all, at least
         the minimum. Under Poisson sampling this is not a round's size, which varies."""
-        wanted = max(self.min_train_clients, int(self.num_clients * self.fraction_train), 1)
-        return min(wanted, self.num_clients)
+        return sample_size(self.num_clients, self.fraction_train, self.min_train_clients)
 
     def expected_per_round(self) -> float:
         """Expected clients sampled per round: ``q * N`` under Poisson sampling, else the size."""

@@ -107,6 +107,26 @@ class GridIntensity:
 
         return signal
 
+    def selection_signal(self, counts: Mapping[str, int], k: int, fair: int) -> Any:
+        """The forecast of the ``k`` clients carbon-aware selection would train: ``fair`` of
+        them drawn uniformly (expected at the population's mean), the rest from the regions
+        whose forecast is cleanest at that time (``counts``: clients per region);
+        ``(a_s, b_s, issued_s) -> g/kWh``."""
+        population = math.fsum(counts.values())
+        regions = sorted(counts)
+
+        def signal(a_s: float, b_s: float, issued_s: float) -> float:
+            values = {r: self.forecast(r, a_s, b_s, issued_s) for r in regions}
+            mean = math.fsum(values[r] * counts[r] for r in regions) / population
+            left, total = k - fair, fair * mean
+            for region in sorted(regions, key=values.__getitem__):
+                take = min(left, counts[region])
+                total += take * values[region]
+                left -= take
+            return total / k
+
+        return signal
+
     def check_covers(self, regions: Iterable[str], a_s: float, b_s: float, key: str) -> None:
         """Raise a one-line ValueError naming ``key`` when a region's trace (or its forecast
         file) does not cover ``[a_s, b_s)`` of the simulated clock."""
