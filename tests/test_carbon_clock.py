@@ -206,3 +206,23 @@ def test_deferral_under_carbon_aware_selection_aims_at_the_clients_it_would_pick
     signal = grid.selection_signal({"DEU": 3, "FRA": 1}, k=2, fair=1)
     assert signal(0.0, 3600.0, 0.0) == pytest.approx(((3 * 400 + 50) / 4 + 50) / 2)
     assert signal(3600.0, 7200.0, 0.0) == pytest.approx(((3 * 100 + 200) / 4 + 100) / 2)
+
+
+def test_availability_windows_make_rounds_wait_for_the_clients_local_night(compose_cfg) -> None:
+    """Half the clients idle 22:00-06:00 Berlin time (CEST, UTC+2 in June), the rest always:
+    from 12:00 UTC a round needs 6 clients, so it waits until 20:00 UTC (22:00 local)."""
+    exp = Experiment.from_config(compose_cfg(
+        "num_clients=10", "strategy.fraction_train=0.6", "strategy.min_train_clients=6",
+        "clock.start=2020-06-15T12:00:00Z", "clock.availability={0: '22:00-06:00', "
+        "1: '22:00-06:00', 2: '22:00-06:00', 3: '22:00-06:00', 4: '22:00-06:00', "
+        "default: always}", "num_rounds=3",
+    ))
+    scheduler = exp.scheduler()
+    first = scheduler.round_time(1)
+    assert first.wait_s == 8 * 3600.0
+    plan = scheduler.plan(1)
+    assert len(plan.sampled) == 6
+    # rounds 2 and 3 (21:00, 22:00 UTC) are at night in Berlin: everyone is available
+    assert scheduler.round_time(2).wait_s == 0.0
+    day = exp.scheduler()._plan_at(1, 0.0)  # what 12:00 UTC would have offered: the 5 always
+    assert set(day.sampled) <= {5, 6, 7, 8, 9}
