@@ -226,3 +226,19 @@ def test_availability_windows_make_rounds_wait_for_the_clients_local_night(compo
     assert scheduler.round_time(2).wait_s == 0.0
     day = exp.scheduler()._plan_at(1, 0.0)  # what 12:00 UTC would have offered: the 5 always
     assert set(day.sampled) <= {5, 6, 7, 8, 9}
+
+
+def test_fedlab_carbon_convert_writes_a_trace_and_never_overwrites(tmp_path: Path) -> None:
+    from fedlab.carbon_cli import main
+    from fedlab.trackers.carbon.traces import IntensityTrace
+
+    src = Path(__file__).parent / "data" / "carbon" / "electricitymaps_DE_2022_hourly_sample.csv"
+    dst = tmp_path / "DEU.csv"
+    assert main(["convert", str(src), str(dst)]) == 0
+    trace = IntensityTrace.from_csv(dst, "DEU")
+    with src.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    lca = next(k for k in rows[0] if "LCA" in k or "Life cycle" in k)
+    assert trace.values.tolist() == [float(r[lca]) for r in rows]
+    before = dst.read_bytes()
+    assert main(["convert", str(src), str(dst)]) == 2 and dst.read_bytes() == before
