@@ -24,6 +24,7 @@ from fedlab.fl.strategy import build_strategy, check_client_update, check_robust
 from fedlab.trackers.registry import tracker_specs
 
 if TYPE_CHECKING:
+    from fedlab.background import Background
     from fedlab.trackers.carbon.grid import GridIntensity
     from fedlab.trackers.devices.fleet import Fleet
 
@@ -222,12 +223,23 @@ class Experiment:
             self.dataset.client_test_fraction,
         )
 
-    def prepare(self) -> tuple[FederatedData, list[str]]:
-        """Load and partition the data, then let the trackers settle data-dependent settings.
+    def start_loading(self) -> Background | None:
+        """Start :meth:`load_data` in a forked child (:mod:`fedlab.background`), for
+        :meth:`prepare` to collect, when the dataset is small enough to come back through a
+        pipe and this platform forks; None where the data are loaded by :meth:`prepare`."""
+        from fedlab.background import Background, can_fork
+
+        if not type(self.dataset).background or not can_fork():
+            return None
+        return Background(self.load_data, "data")
+
+    def prepare(self, loading: Background | None = None) -> tuple[FederatedData, list[str]]:
+        """Load and partition the data (or take them from ``loading``, started by
+        :meth:`start_loading`), then let the trackers settle data-dependent settings.
 
         Returns the federation and the warnings to show the user.
         """
-        fed = self.load_data()
+        fed = self.load_data() if loading is None else loading.result()
         clock.check_timeline(self, fed)
         specs = tracker_specs(self.cfg.trackers)
         warnings = [w for spec in specs for w in spec.cls.prepare(self, fed)]

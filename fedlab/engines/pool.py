@@ -147,6 +147,9 @@ class PoolGrid(InProcessGrid):
 
     def __init__(self, client_app: ClientApp, num_clients: int, workers: int) -> None:
         super().__init__(client_app, num_clients)
+        # Every worker's first torch optimizer imports torch._dynamo (torch.optim's lazy
+        # ``_disable_dynamo``, ~1 s of CPU): imported once here, each fork inherits it.
+        import torch._dynamo  # noqa: F401
         self._mp = multiprocessing.get_context("fork")
         self._shared_bytes = MIN_SHARED_BYTES
         self.workers: list[_Worker] = []

@@ -9,6 +9,7 @@ user ids where the data has them). Adding a dataset is one YAML file plus one sm
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -54,6 +55,10 @@ class DatasetSpec:
 
     test_fraction: float = 0.2
     client_test_fraction: float = 0.2
+    #: Whether the partitioned federation is small enough to be prepared in a forked child
+    #: and sent back through a pipe (:mod:`fedlab.background`): true for the bundled
+    #: in-memory datasets, false for downloads, which may be large.
+    background: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         require(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -18,6 +19,7 @@ class Digits(DatasetSpec):
     """
 
     as_image: bool = True
+    background: ClassVar[bool] = True  # 1797 / 150 examples
 
     @property
     def name(self) -> str:
@@ -46,6 +48,7 @@ class Iris(DatasetSpec):
     """
 
     binary: bool = False
+    background: ClassVar[bool] = True  # 1797 / 150 examples
 
     @property
     def name(self) -> str:

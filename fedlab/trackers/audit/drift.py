@@ -100,8 +100,13 @@ class DriftLedger:
         distances: Mapping[int, float],
         histogram: np.ndarray | None,
     ) -> dict[str, Any]:
-        """Record one round (``distances``: client -> update distance); its round columns."""
-        finite = {pid: d for pid, d in distances.items() if math.isfinite(d)}
+        """Record one round (``distances``: client -> update distance); its round columns.
+
+        Clients are taken in id order, not in the order their replies came (which differs
+        from run to run on the process pool), so that every sum, and so every figure, is the
+        same whichever engine ran and however its workers were scheduled.
+        """
+        finite = {pid: d for pid, d in sorted(distances.items()) if math.isfinite(d)}
         for pid, d in finite.items():
             key = str(pid)
             self.distance_sum[key] = self.distance_sum.get(key, 0.0) + d
@@ -130,7 +135,8 @@ class DriftLedger:
         client_rounds = sum(self.distance_count.values())
         return {
             "update_distance": {
-                "mean": sum(self.distance_sum.values()) / client_rounds if client_rounds else None,
+                "mean": sum(self.distance_sum[k] for k in by_client) / client_rounds  # id order
+                if client_rounds else None,
                 "max": self.max_distance,
                 "max_at": self.max_distance_at,
                 "client_rounds": client_rounds,

@@ -67,16 +67,18 @@ class PrivacyTracker(LedgerTracker):
 
     @classmethod
     def prepare(cls, exp: Experiment, fed: FederatedData) -> list[str]:
+        if exp.cfg.privacy.mode == "none":  # nothing to plan: the ledger imports Opacus (1-2 s)
+            return []
         from fedlab.trackers.privacy.ledger import plan_privacy
 
         return plan_privacy(exp, fed)
 
     @classmethod
     def build(cls, run: RunContext, **options: Any) -> PrivacyTracker | None:
-        from fedlab.trackers.privacy.ledger import central_ledger
-
         if run.exp.cfg.privacy.mode == "none":
             return None
+        from fedlab.trackers.privacy.ledger import central_ledger
+
         return cls(central_ledger(run.exp), run.exp)
 
     @classmethod
