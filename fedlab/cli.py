@@ -24,7 +24,6 @@ import re
 import sys
 import tempfile
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -219,20 +218,36 @@ def _reject_leftovers(directory: Path) -> None:
 class SweepSummary(Callback):
     """Hydra callback: at the end of a multirun, say how many runs were skipped.
 
-    A run is skipped when its directory already held the same configuration, completed; it
-    is recognised by a ``finished_at`` before this multirun began, so the count is right
-    whatever launcher ran the jobs.
+    A run is skipped when its directory already held the same configuration, completed. The
+    completed records in the sweep directory are noted when the multirun starts; one still
+    holding the same ``finished_at`` at the end was skipped, whatever launcher ran the jobs.
+    (Comparing ``finished_at`` with the multirun's start instead fails when a rerun starts
+    within the second the previous sweep finished in: timestamps are to the second.)
     """
 
+    @staticmethod
+    def _completed(sweep_dir: str) -> dict[Path, str]:
+        from fedlab.record.run_dir import RESULTS
+
+        out = {}
+        for path in Path(sweep_dir).glob(f"*/{RESULTS}"):
+            try:
+                results = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if results.get("status") == "completed":
+                out[path] = results.get("finished_at") or ""
+        return out
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self.started = datetime.now(UTC).isoformat(timespec="seconds")
+        self.before = self._completed(config.hydra.sweep.dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from fedlab.record.run_dir import RESULTS
 
         runs = list(Path(config.hydra.sweep.dir).glob(f"*/{RESULTS}"))
-        finished = [json.loads(p.read_text()).get("finished_at") or "" for p in runs]
-        skipped = sum(1 for f in finished if f and f < self.started)
+        after = self._completed(config.hydra.sweep.dir)
+        skipped = sum(1 for path, at in self.before.items() if after.get(path) == at)
         print(
             f"fedlab: multirun: {len(runs)} runs in {config.hydra.sweep.dir}, "
             f"{skipped} skipped (already completed)"
@@ -308,6 +323,29 @@ def main() -> None:
     register_configs()
     app = hydra.main(version_base="1.3", config_path="pkg://fedlab.conf", config_name="config")
     run_hydra_app(app(_run))
+    if Path(sys.argv[0]).name == PROG:
+        _exit_now()
+
+
+def _exit_now() -> None:
+    """End the ``fedlab-run`` process at once after a successful run: the exit handlers
+    (``atexit``: logging's flush, Ray's shutdown, multiprocessing's clean-up) run, the
+    interpreter's teardown does not.
+
+    Tearing down the modules of torch, Flower, Hydra, matplotlib, Captum and the rest costs
+    about a second after everything is written (issue #22). Only the console script does
+    this (code calling :func:`main` gets it back), and only with no other non-daemon thread
+    alive, which a normal exit would have waited for.
+    """
+    import atexit
+    import threading
+
+    if any(t is not threading.main_thread() and not t.daemon for t in threading.enumerate()):
+        return
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
