@@ -126,3 +126,34 @@ def test_warm_up_runs_once_per_key_and_times_its_work() -> None:
     assert warm_up(key, work) == 0.0  # this process is warm: nothing run, nothing charged
     assert warm_up((*key, "other"), work) >= 0.02
     assert len(calls) == 2
+
+
+def test_state_dict_of_reads_every_array_as_flower_does(monkeypatch) -> None:
+    """fedlab's reader of a message's arrays gives Flower's tensors, reading the arrays
+    ``np.save`` wrote in C order from their bytes and handing any other to ``np.load``."""
+    from flwr.app import Array, ArrayRecord
+
+    from fedlab.fl.model import state_dict_of
+
+    rng = np.random.default_rng(0)
+    fast = {
+        "w": rng.standard_normal((3, 4)).astype(np.float32), "b": np.arange(7),
+        "scalar": np.array(3.5), "mask": np.array([True, False]),
+        "empty": np.zeros((0, 4), np.float16),
+    }  # fmt: skip
+    # Fortran order: np.save writes its header with fortran_order True
+    slow = {"fortran": np.asfortranarray(rng.standard_normal((3, 5)))}
+    record = ArrayRecord({k: Array(v) for k, v in {**fast, **slow}.items()})
+    loaded: list[tuple[int, ...]] = []
+    numpy = Array.numpy
+    monkeypatch.setattr(Array, "numpy", lambda self: loaded.append(self.shape) or numpy(self))
+    ours = state_dict_of(record)
+    assert sorted(loaded) == sorted(tuple(v.shape) for v in slow.values())  # only those
+    monkeypatch.setattr(Array, "numpy", numpy)
+    theirs = record.to_torch_state_dict()
+    assert list(ours) == list(theirs)
+    for key, tensor in theirs.items():
+        assert ours[key].dtype == tensor.dtype and ours[key].shape == tensor.shape, key
+        assert torch.equal(ours[key], tensor), key
+    ours["w"] += 1  # writable, and not a view of the message's bytes
+    assert torch.equal(state_dict_of(record)["w"], torch.from_numpy(fast["w"]))

@@ -22,7 +22,7 @@ from fedlab.data.partition import FederatedData
 from fedlab.fl.clock import clock_summary
 from fedlab.fl.evaluation import personalized_section
 from fedlab.fl.grid import FedlabGrid, RoundTally
-from fedlab.fl.model import build_model
+from fedlab.fl.model import build_model, state_dict_of
 from fedlab.fl.strategy import build_strategy
 from fedlab.fl.training import evaluate, seed_for
 from fedlab.record import checkpoint
@@ -60,7 +60,7 @@ class RoundCloser:
         self.started = time.perf_counter()
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        self.model.load_state_dict(arrays.to_torch_state_dict())
+        self.model.load_state_dict(state_dict_of(arrays))
         loss, accuracy = evaluate(self.model, self.fed.test)
         metrics = MetricRecord({"loss": loss, "accuracy": accuracy})
         if self.offset and server_round == 0:  # the checkpointed model, already recorded
