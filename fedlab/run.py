@@ -169,16 +169,12 @@ def run_experiment(
     if finished is not None:
         log.info("fedlab: skipped: %s already holds this run, completed", run_dir)
         return finished
+    from fedlab.engines.auto import announce, client_work, decide
+
     loading = exp.start_loading()  # the data, prepared in a child while this goes on
     try:
-        trains_here = False
-        if engine is None:  # the first line: which simulation engine runs, and why
-            from fedlab.engines.auto import announce
-
-            choice = announce(exp.cfg.simulation, exp.cfg.num_clients)
-            trains_here = choice.backend in ("pool", "inprocess")
         if loading is not None:
-            _import_ahead(trains_here)
+            _import_ahead(decide(exp.cfg.simulation, exp.cfg.num_clients).backend != "ray")
         fed, warnings = exp.prepare(loading)
     finally:
         if loading is not None:
@@ -189,6 +185,8 @@ def run_experiment(
         cause = err.__cause__ or err  # Hydra wraps it in an InstantiationException
         raise ConfigError("model", str(cause).strip().splitlines()[0]) from None
     check_model_fits(exp.cfg, model)
+    if engine is None:  # the first line: which simulation engine runs, and why
+        announce(exp.cfg.simulation, exp.cfg.num_clients, partial(client_work, exp, fed, model))
 
     record = open_record(exp, run_dir)
     specs = tracker_specs(exp.cfg.trackers)

@@ -57,6 +57,46 @@ def test_auto_sizes_the_pool_by_cores_clients_and_memory() -> None:
     assert "1 core" in _choose(SimulationConfig(), cores=1).reason
 
 
+def test_auto_keeps_small_clients_in_process_and_asks_only_when_it_matters() -> None:
+    def never() -> float:
+        raise AssertionError("the estimate is not needed for this choice")
+
+    small = _choose(SimulationConfig(), work=lambda: 0.5e-3)
+    assert (small.backend, small.workers) == ("inprocess", 1)
+    assert "small clients (~0.5 ms of compute a message, estimated; under 2 ms" in small.reason
+    assert _choose(SimulationConfig(), work=lambda: 5e-3).backend == "pool"
+    # a cluster, GPUs, one core or workers asked for decide without the estimate
+    assert _choose(SimulationConfig(ray_address="10.0.0.1:6379"), work=never).backend == "ray"
+    assert _choose(SimulationConfig(), cores=1, work=never).backend == "inprocess"
+    assert _choose(SimulationConfig(workers=2), work=never).backend == "pool"
+
+
+def test_client_work_prices_the_rounds_flops_as_computed_by_hand(compose_cfg, monkeypatch) -> None:
+    """With the per-operation and per-step prices at zero, the estimate is FLOPs alone: the
+    MLP 64-128-10's forward pass is 2 (64 * 128 + 128 * 10) = 18,944 FLOPs an example, a
+    training step 3x that per example of the batch, over the mean client's split."""
+    import math
+
+    from fedlab.config.experiment import Experiment
+    from fedlab.fl.model import build_model
+
+    monkeypatch.setattr(auto, "OP_S", 0.0)
+    monkeypatch.setattr(auto, "STEP_S", 0.0)
+    overrides = ("num_clients=20", "partition=iid", "strategy.fraction_train=0.25",
+                 "strategy.fraction_evaluate=0.5", "client.local_epochs=2", "client.batch_size=16")
+    exp = Experiment.from_config(compose_cfg(*overrides))
+    fed, _ = exp.prepare()
+    model = build_model(exp.cfg.model, fed.input_shape, fed.num_classes)
+    forward = 2 * (64 * 128 + 128 * 10)
+    train = np.mean([len(i) for i in fed.client_train])  # 1437 / 20 * 0.8, about 57
+    test = np.mean([len(i) for i in fed.client_test])
+    steps = math.ceil(train / 16) * 2
+    train_s, test_s = steps * 3 * 16 * forward / auto.FLOP_RATE, test * forward / auto.FLOP_RATE
+    expected = (5 * train_s + 10 * test_s) / 15  # 5 trained, 10 evaluated
+    assert auto.client_work(exp, fed, model) == pytest.approx(expected, rel=1e-12)
+    assert model.training  # left as it was found
+
+
 def test_a_named_engine_is_said_as_asked_for() -> None:
     choice = auto.decide(SimulationConfig(backend="inprocess"), 10)
     assert choice.line() == "engine inprocess: asked for (simulation.backend=inprocess)"
@@ -242,3 +282,53 @@ def test_a_client_hung_past_the_round_timeout_is_recorded_as_failed(
     ok = [r for r in rows if r["round"] == "2" and r["phase"] == "train"]
     assert {r["status"] for r in ok} == {"ok"} and len(ok) == 3
     assert json.loads((record.dir / "results.json").read_text())["rounds_completed"] == 2
+
+
+def test_evaluations_sharing_one_module_give_what_a_fresh_module_gives(
+    compose_cfg, tmp_path: Path
+) -> None:
+    """Clients evaluate in one module per process (fedlab.fl.client_app._reader); messages
+    with different global models, interleaved across clients and after a training message,
+    each give the figures of a fresh model holding that message's weights."""
+    import torch
+
+    from fedlab.config.experiment import Experiment
+    from fedlab.engines.inprocess import InProcessGrid
+    from fedlab.fl.client_app import build_client_app
+    from fedlab.fl.model import build_model
+    from fedlab.fl.training import evaluate
+    from fedlab.run import _client_spec
+
+    exp = Experiment.from_config(compose_cfg(*TINY))
+    fed, _ = exp.prepare()
+    fed.save(tmp_path / "fed.npz")
+    grid = InProcessGrid(
+        build_client_app(_client_spec(exp, tmp_path / "fed.npz", tmp_path / "state")), 3
+    )
+    models = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        models.append(build_model(exp.cfg.model, fed.input_shape, fed.num_classes))
+    config = {"server-round": 1, "local-epochs": 1.0, "lr": 0.1, "batch-size": 8,
+              "optimizer": "sgd", "momentum": 0.0, "weight-decay": 0.0}  # fmt: skip
+
+    def send(kind: str, which: int, node: int) -> Message:
+        content = RecordDict({"arrays": ArrayRecord(models[which].state_dict()),
+                              "config": ConfigRecord(config)})  # fmt: skip
+        reply = grid.reply(Message(content, dst_node_id=node, message_type=kind))
+        assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+        return reply
+
+    got = {}
+    sequence = [("evaluate", 0, 1), ("evaluate", 1, 2), ("train", 1, 3),
+                ("evaluate", 1, 1), ("evaluate", 0, 2), ("evaluate", 0, 1)]  # fmt: skip
+    for kind, which, node in sequence:
+        reply = send(kind, which, node)
+        if kind == "evaluate":
+            metrics = reply.content["metrics"]
+            got.setdefault((which, node), []).append((metrics["loss"], metrics["accuracy"]))
+    for (which, node), figures in got.items():
+        fresh = build_model(exp.cfg.model, fed.input_shape, fed.num_classes)
+        fresh.load_state_dict(models[which].state_dict())
+        expected = evaluate(fresh, fed.client(node - 1)[1])
+        assert all(f == expected for f in figures), (which, node, figures, expected)

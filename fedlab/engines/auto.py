@@ -11,7 +11,10 @@ The rule asks what the machine and the run offer, never which preset was named:
   per usable core (``os.sched_getaffinity``: what a cgroup or ``taskset`` leaves), no more
   workers than clients, and no more than the free memory holds copies of this process;
 * one usable worker (a single core, a single client, no ``fork``): **in-process**, since a
-  pool of one only adds a message round trip per client.
+  pool of one only adds a message round trip per client;
+* clients whose work is small (:data:`POOL_MIN_FLOPS`, estimated from the model's FLOPs and
+  the round's training and evaluation sizes by :func:`client_work`): **in-process** too,
+  since each message's round trip to a worker then costs more than the second core gives.
 
 The reason is part of the choice: the run's first console line says which engine ran and why.
 """
@@ -21,20 +24,40 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import torch
     from flwr.clientapp import ClientApp
     from flwr.serverapp import ServerApp
 
+    from fedlab.config.experiment import Experiment
     from fedlab.config.schema import SimulationConfig
+    from fedlab.data.partition import FederatedData
 
 log = logging.getLogger("fedlab")
 
 #: Share of the available memory the pool's workers may take (the driver keeps the rest).
 MEMORY_SHARE = 0.8
+#: Below this estimated compute per client message (:func:`client_work`), a message's round
+#: trip to a pool worker (pickling, pipes, wake-ups: ~0.5 ms on the 2-core development
+#: machine) costs more than the second core gives back, so the clients run in-process.
+#: Measured there (benchmarks/README.md), rounds in-process against 2 pool workers: the
+#: benchmark workload (estimated 0.03 ms a message) 1.5 s against 2.0 s; the default run
+#: (1.1 ms) and the quantum model on iris (3.3 ms) tied; FedProx's synthetic benchmark (far
+#: above) 8.9 s against 5.5 s; the CNN workload (6.9 ms) trained 1.7x faster on 2 workers.
+POOL_MIN_WORK_S = 2e-3
+#: The estimate's machine constants, fitted on that machine (one torch thread, small
+#: models): dense FLOPs per second, seconds per dispatched torch operation (what dominates
+#: small or many-gate models such as the quantum ones), and a training step's fixed cost
+#: (loss, zero_grad, optimizer step). A linear-layer MLP, the CNN and the quantum model's
+#: training steps at batch 32 came within 1.5x of the model (0.21 / 1.57 / 2.74 ms).
+FLOP_RATE = 1.1e10
+OP_S = 2.5e-6
+STEP_S = 5e-5
 # the choice already announced for this process's next run: (repr of the config, clients)
 _announced: dict[tuple[str, int], Choice] = {}
 
@@ -83,18 +106,70 @@ def resident_memory() -> int | None:
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
+def client_work(exp: Experiment, fed: FederatedData, model: torch.nn.Module) -> float:
+    """Estimated seconds of client compute per message, averaged over a round's messages:
+    training (local epochs of batches over the mean client's training split, each step a
+    forward and a backward pass, ~3x a forward, plus :data:`STEP_S`) for the clients trained
+    per round, and federated evaluation (one forward pass over the mean client's test split)
+    for the clients evaluated per round.
+
+    A forward pass is measured by counting, on one zero input of the dataset's shape, its
+    FLOPs (torch's ``FlopCounterMode``: matrix products and convolutions) and its dispatched
+    torch operations, priced at :data:`FLOP_RATE` and :data:`OP_S`; counted, not timed, so
+    the estimate and the engine it picks are the same on every run of a configuration.
+    """
+    import math
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    class Operations(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.count += 1
+            return func(*args, **(kwargs or {}))
+
+    flops, operations, training = FlopCounterMode(display=False), Operations(), model.training
+    with flops, operations, torch.no_grad():
+        model.eval()
+        model(torch.zeros((1, *fed.input_shape)))
+    model.train(training)
+    per_example, per_pass = flops.get_total_flops() / FLOP_RATE, operations.count * OP_S
+
+    schedule, clients = exp.scheduler(), max(1, fed.num_clients)
+    trained = schedule.trained_per_round()
+    evaluated = (
+        min(clients, max(1, int(clients * schedule.fraction_evaluate)))
+        if schedule.fraction_evaluate > 0 else 0
+    )  # fmt: skip
+    mean_train = sum(len(i) for i in fed.client_train) / clients
+    mean_test = sum(len(i) for i in fed.client_test) / clients
+    batch = min(exp.cfg.client.batch_size, max(1.0, mean_train))
+    steps = math.ceil(mean_train / batch) * float(exp.cfg.client.local_epochs)
+    train_s = steps * (3 * (batch * per_example + per_pass) + STEP_S)
+    evaluate_s = mean_test * per_example + per_pass if mean_test else 0.0
+    return (trained * train_s + evaluated * evaluate_s) / max(1, trained + evaluated)
+
+
 def choose(
     sim: SimulationConfig,
     num_clients: int,
     *,
+    work: Callable[[], float] | None = None,
     cores: int | None = None,
     can_fork: bool | None = None,
     memory: tuple[int | None, int | None] | None = None,
 ) -> Choice:
     """The engine ``simulation=auto`` runs for ``num_clients`` clients on this machine.
 
-    ``cores``, ``can_fork`` and ``memory`` (available, per worker) default to what this
-    machine reports; tests pass them to check the rule on machines they do not run on.
+    ``work`` gives :func:`client_work`'s estimate, called only where the choice depends on
+    it (None: unknown, not a reason to stay in-process). ``cores``, ``can_fork`` and
+    ``memory`` (available, per worker) default to what this machine reports; tests pass them
+    to check the rule on machines they do not run on.
     """
     if sim.ray_address is not None:
         where = sim.ray_address
@@ -122,6 +197,13 @@ def choose(
             else f"memory for 1 worker ({(available or 0) / 2**30:.1f} GiB available)"
         )  # fmt: skip
         return Choice("inprocess", 1, f"{where}; {limit}: clients run one after another")
+    seconds = work() if work is not None and sim.workers is None else None
+    if seconds is not None and seconds < POOL_MIN_WORK_S:
+        return Choice("inprocess", 1, (
+            f"{where}; small clients (~{seconds * 1e3:.2g} ms of compute a message, "
+            f"estimated; under {POOL_MIN_WORK_S * 1e3:g} ms a pool worker's round trip costs "
+            "more than a second core gives: simulation=pool runs one)"
+        ))  # fmt: skip
     capped = " (memory-bound)" if workers == fit < min(cores, num_clients) else ""
     return Choice(
         "pool",
@@ -131,20 +213,24 @@ def choose(
     )
 
 
-def decide(sim: SimulationConfig, num_clients: int) -> Choice:
+def decide(
+    sim: SimulationConfig, num_clients: int, work: Callable[[], float] | None = None
+) -> Choice:
     """The engine a run with ``sim`` uses: the one ``simulation.backend`` names, or the
-    rule's choice for ``auto``."""
+    rule's choice for ``auto`` (``work``: :func:`client_work`'s estimate, where known)."""
     if sim.backend != "auto":
         pool = sim.backend == "pool"
         workers = (sim.workers or min(usable_cores(), num_clients)) if pool else 0
         return Choice(sim.backend, workers, f"asked for (simulation.backend={sim.backend})")
-    return choose(sim, num_clients)
+    return choose(sim, num_clients, work=work)
 
 
-def announce(sim: SimulationConfig, num_clients: int) -> Choice:
+def announce(
+    sim: SimulationConfig, num_clients: int, work: Callable[[], float] | None = None
+) -> Choice:
     """Say the engine now (``fedlab-run``'s first line) and remember the choice, so that the
     run uses it and does not say it again."""
-    choice = decide(sim, num_clients)
+    choice = decide(sim, num_clients, work)
     log.info("fedlab: %s", choice.line())
     _announced.clear()
     _announced[(repr(sim), num_clients)] = choice
