@@ -10,9 +10,10 @@ one repeat and fewer rounds, for a smoke test rather than figures to quote):
 * ``engines`` (goals 1 and 2): the benchmark workload (100 clients, 10 per round, 20 rounds,
   MLP on digits, 1 local epoch, carbon off) as a whole ``fedlab-run`` on the default engine,
   on the pool with 1 and 2 workers, in-process, on Flower's own Ray engine
-  (``simulation=local FEDLAB_FLOWER_ENGINE=1``: Flower's engine as shipped, the peer), against
-  the floor (plain PyTorch doing the same training, as a fresh process,
-  :func:`bench_orchestration.floor_process`);
+  (``simulation=local FEDLAB_FLOWER_ENGINE=1``: Flower's engine as shipped), against the floor
+  (plain PyTorch doing the same training, as a fresh process,
+  :func:`bench_orchestration.floor_process`) and the peer, a hand-written vanilla Flower 1.42
+  app doing the same workload (``flower_peer.py``, also a fresh process);
 * ``cnn`` (goal 2): the CNN workload (10 clients per round, 2 local epochs), the training
   phase (sum of the rounds' durations) with 2 pool workers against 1;
 * ``startup`` (goal 4): ``fedlab-run --help``, and the first round of the default run done
@@ -53,6 +54,7 @@ ENGINES = {
     "in-process": (["simulation=inprocess"], {}),
     "Flower's Ray engine": (["simulation=local"], {"FEDLAB_FLOWER_ENGINE": "1"}),
 }
+PEER = "Flower app (vanilla)"
 OTHERS = ("bench_scale", "bench_dp", "bench_quantum", "tracking_overhead")
 
 
@@ -80,19 +82,31 @@ def run(overrides: list[str], env: dict | None = None, until: str | None = None)
     return {"total_s": total, "rounds_s": rounds, "until_s": seen, "first_line": first}
 
 
+def flower_app(rounds: int) -> float:
+    """Wall seconds of the vanilla Flower app (``flower_peer.py``) on the workload, as a fresh
+    process timed from outside, as :func:`run` times a ``fedlab-run``."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, str(HERE / "flower_peer.py"), "--rounds", str(rounds)],
+                   capture_output=True, check=True, env={**os.environ, "PYTHONPATH": str(HERE)})
+    return time.perf_counter() - started
+
+
 def engines(repeats: int, rounds: int) -> dict:
-    """Goals 1 and 2: each engine and the floor, interleaved, medians of ``repeats``."""
+    """Goals 1 and 2: each engine, the floor and the vanilla Flower app, interleaved, medians
+    of ``repeats``."""
     workload = [*WORKLOAD[:3], f"num_rounds={rounds}", *WORKLOAD[4:]]
-    times: dict[str, list[float]] = {name: [] for name in ["floor (process)", *ENGINES]}
+    names = ["floor (process)", PEER, *ENGINES]
+    times: dict[str, list[float]] = {name: [] for name in names}
     first_line = ""
     for _ in range(repeats):
         times["floor (process)"].append(floor_process(workload))
+        times[PEER].append(flower_app(rounds))
         for name, (extra, env) in ENGINES.items():
             result = run([*workload, *extra], env)
             times[name].append(result["total_s"])
             first_line = result["first_line"] if name.startswith("default") else first_line
     medians = {name: statistics.median(t) for name, t in times.items()}
-    floor, peer = medians["floor (process)"], medians["Flower's Ray engine"]
+    floor, peer = medians["floor (process)"], medians[PEER]
     return {
         "workload": workload, "repeats": repeats, "first_line": first_line,
         "seconds": medians, "all_seconds": times,
@@ -144,7 +158,7 @@ def others(quick: bool) -> dict:
 def tables(results: dict) -> dict[str, str]:
     """The README's tables, one per marker name."""
     e, c, s = results["engines"], results["cnn"], results["startup"]
-    rows = ["| engine | total s | x floor (process) | x Flower's Ray engine |",
+    rows = ["| engine | total s | x floor (process) | x vanilla Flower app |",
             "|---|---:|---:|---:|"]
     rows += [f"| {n} | {e['seconds'][n]:.1f} | {e['x_floor'][n]:.2f} | {e['x_flower'][n]:.2f} |"
              for n in e["seconds"]]  # fmt: skip
