@@ -121,16 +121,21 @@ def recommended_settings(raw: DictConfig) -> dict[str, Any]:
     return out
 
 
-def _import_ahead(trains_here: bool) -> None:
-    """While a child prepares the data, import what this process needs next anyway, so that
-    the two overlap (issue #22): matplotlib's figure and Agg canvas for ``partition.png``, and
+def _import_ahead(exp: Experiment, trains_here: bool) -> None:
+    """While a child prepares the data, import what this process needs later anyway, so that
+    the two overlap (issue #22): matplotlib's figure and Agg canvas for ``partition.png``;
     ``torch._dynamo`` where clients train in this process or in pool workers forked from it
-    (every torch optimizer imports it on first use, ~1 s; a fork inherits it)."""
-    import matplotlib.figure  # noqa: F401
-    from matplotlib.backends import backend_agg  # noqa: F401
+    (every torch optimizer imports it on first use, ~1 s; a fork inherits it); and what the
+    trackers will import (:meth:`fedlab.trackers.base.Tracker.imports`: the audit's Fairlearn
+    and Captum, ~1.1 s, at the run's close)."""
+    import importlib
 
+    modules = ["matplotlib.figure", "matplotlib.backends.backend_agg"]
     if trains_here:
-        import torch._dynamo  # noqa: F401
+        modules.append("torch._dynamo")
+    modules += [m for spec in tracker_specs(exp.cfg.trackers) for m in spec.cls.imports(exp)]
+    for module in modules:
+        importlib.import_module(module)
 
 
 def open_record(exp: Experiment, run_dir: Path) -> RunRecord:
@@ -174,7 +179,7 @@ def run_experiment(
     loading = exp.start_loading()  # the data, prepared in a child while this goes on
     try:
         if loading is not None:
-            _import_ahead(decide(exp.cfg.simulation, exp.cfg.num_clients).backend != "ray")
+            _import_ahead(exp, decide(exp.cfg.simulation, exp.cfg.num_clients).backend != "ray")
         fed, warnings = exp.prepare(loading)
     finally:
         if loading is not None:

@@ -144,6 +144,12 @@ class Tracker:
         return []
 
     @classmethod
+    def imports(cls, exp: Experiment) -> tuple[str, ...]:
+        """Modules this tracker will import during the run (at its close, say): ``fedlab-run``
+        imports them while a child prepares the data, when that core would otherwise wait."""
+        return ()
+
+    @classmethod
     def build(cls, run: RunContext, **options: Any) -> Tracker | None:
         """The tracker for this run, or None when the experiment does not use it.
 
