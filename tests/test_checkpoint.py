@@ -75,3 +75,29 @@ def test_arrayrecord_state_round_trips(tmp_path) -> None:
     checkpoint.restore_strategy(fresh, saved.strategy, saved.layout)
     assert isinstance(fresh.current_arrays, ArrayRecord)
     assert np.array_equal(fresh.current_arrays["w"].numpy(), np.arange(4.0))
+
+
+def test_the_record_csvs_written_round_by_round_equal_one_write_of_every_row(tmp_path) -> None:
+    """RunRecord serializes only each round's new rows (the text of earlier ones is kept):
+    after many rounds, and after a resume that drops the later ones, rounds.csv and
+    clients.csv are byte for byte what writing all their rows at once gives."""
+    from fedlab.record.run_dir import RunRecord, csv_text
+
+    columns, client_columns = ["round", "central_accuracy", "note"], ["round", "client", "x"]
+    record = RunRecord(tmp_path, columns, client_columns)
+    record.start("{}", {})
+    rounds, clients = [], []
+    for r in range(1, 151):  # past the 64 chunks that are joined into one
+        row = {"round": r, "central_accuracy": r / 7, "note": "a, \"quoted\"" if r % 5 else None}
+        rows = [{"round": r, "client": c, "x": c * 0.1} for c in range(r % 4)]
+        record.add_round(row, rows)
+        rounds.append(row)
+        clients.extend(rows)
+        if r in (1, 64, 65, 150):
+            assert (tmp_path / "rounds.csv").read_text() == csv_text(rounds, columns)
+            assert (tmp_path / "clients.csv").read_text() == csv_text(clients, client_columns)
+    resumed = RunRecord.resume(tmp_path, 100, columns, client_columns)
+    resumed.add_round({"round": 101, "central_accuracy": 0.5}, [{"round": 101, "client": 0}])
+    text = (tmp_path / "rounds.csv").read_text().splitlines()
+    assert len(text) == 102 and text[-1] == "101,0.5," and text[100].startswith("100,")
+    assert (tmp_path / "clients.csv").read_text().splitlines()[-1] == "101,0,"

@@ -110,13 +110,19 @@ def write_json(path: Path, data: Any) -> None:
     write_text(path, json.dumps(_finite(data), indent=2, sort_keys=False) + "\n")
 
 
-def write_csv(path: Path, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
-    """Atomically write ``rows`` with a fixed header (missing values are empty cells)."""
+def csv_text(rows: list[dict[str, Any]], columns: Sequence[str], header: bool = True) -> str:
+    """``rows`` as CSV text with a fixed header (missing values are empty cells)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
+    if header:
+        writer.writeheader()
     writer.writerows(rows)
-    write_text(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+    """Atomically write ``rows`` with a fixed header (missing values are empty cells)."""
+    write_text(path, csv_text(rows, columns))
 
 
 def save_figure(figure: Any, path: Path) -> None:
@@ -193,6 +199,13 @@ class RunRecord:
         self.results: dict[str, Any] = {}
         self.rounds: list[dict[str, Any]] = []
         self.clients: list[dict[str, Any]] = []
+        # The CSV text of the rows written so far: each round serializes only its own rows and
+        # rewrites the file (atomically) from it. Serializing every row again each round was
+        # quadratic in the run's length: 0.2 s of a 20-round run of 110 messages a round.
+        self._text = {
+            "rounds.csv": [csv_text([], self.round_columns)],
+            "clients.csv": [csv_text([], self.client_columns)],
+        }
 
     def start(self, config_yaml: str, results: dict[str, Any]) -> None:
         """Write the resolved config and the initial ``results.json`` (status "running")."""
@@ -225,8 +238,7 @@ class RunRecord:
         record.clients = [
             r for r in _typed(read_csv(run_dir / "clients.csv")) if r["round"] <= upto_round
         ]
-        write_csv(run_dir / "rounds.csv", record.rounds, record.round_columns)
-        write_csv(run_dir / "clients.csv", record.clients, record.client_columns)
+        record._write(record.rounds, record.clients)
         resumed = [*record.results.get("resumed", []), {"after_round": upto_round, "at": now()}]
         record.update(
             status="running",
@@ -246,8 +258,17 @@ class RunRecord:
         """Append one round to ``rounds.csv`` and its clients to ``clients.csv``."""
         self.rounds.append(row)
         self.clients.extend(client_rows)
-        write_csv(self.dir / "rounds.csv", self.rounds, self.round_columns)
-        write_csv(self.dir / "clients.csv", self.clients, self.client_columns)
+        self._write([row], client_rows)
+
+    def _write(self, rounds: list[dict[str, Any]], clients: list[dict[str, Any]]) -> None:
+        """Add ``rounds`` and ``clients`` to the CSV text and rewrite both files."""
+        for name, rows, columns in (("rounds.csv", rounds, self.round_columns),
+                                    ("clients.csv", clients, self.client_columns)):  # fmt: skip
+            chunks = self._text[name]
+            chunks.append(csv_text(rows, columns, header=False))
+            if len(chunks) > 64:  # keep the join cheap
+                chunks[:] = ["".join(chunks)]
+            write_text(self.dir / name, "".join(chunks))
 
     def finish(self, status: str, error: str | None = None, **fields: Any) -> None:
         """Mark the run ``completed``, ``failed`` or ``interrupted``."""
