@@ -69,6 +69,10 @@ class Background:
         self._process.start()
         theirs.close()
 
+    def ready(self) -> bool:
+        """Whether the child has sent its result (or died), so :meth:`result` would not wait."""
+        return self._conn.poll()
+
     def result(self) -> Any:
         """The child's result, or its exception raised here; the child is gone afterwards."""
         try:

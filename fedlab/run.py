@@ -121,21 +121,26 @@ def recommended_settings(raw: DictConfig) -> dict[str, Any]:
     return out
 
 
-def _import_ahead(exp: Experiment, trains_here: bool) -> None:
-    """While a child prepares the data, import what this process needs later anyway, so that
-    the two overlap (issue #22): matplotlib's figure and Agg canvas for ``partition.png``;
-    ``torch._dynamo`` where clients train in this process or in pool workers forked from it
-    (every torch optimizer imports it on first use, ~1 s; a fork inherits it); and what the
-    trackers will import (:meth:`fedlab.trackers.base.Tracker.imports`: the audit's Fairlearn
-    and Captum, ~1.1 s, at the run's close)."""
+def _import_ahead(exp: Experiment, loading: Background, trains_here: bool) -> None:
+    """While a child prepares the data (``loading``), import what this process needs later
+    anyway, so that the two overlap (issue #22): ``torch._dynamo`` where clients train in this
+    process or in pool workers forked from it (every torch optimizer imports it on first use,
+    ~0.8 s; a fork inherits it) and matplotlib's figure and Agg canvas (the pictures); then,
+    only until the data arrive, what the trackers will import later
+    (:meth:`fedlab.trackers.base.Tracker.imports`: the audit's Fairlearn and Captum, ~1.1 s,
+    at the run's close), so the first round does not wait for what only the close needs."""
     import importlib
 
     modules = ["matplotlib.figure", "matplotlib.backends.backend_agg"]
     if trains_here:
-        modules.append("torch._dynamo")
-    modules += [m for spec in tracker_specs(exp.cfg.trackers) for m in spec.cls.imports(exp)]
+        modules.insert(0, "torch._dynamo")
     for module in modules:
         importlib.import_module(module)
+    for spec in tracker_specs(exp.cfg.trackers):
+        for module in spec.cls.imports(exp):
+            if loading.ready():
+                return
+            importlib.import_module(module)
 
 
 def open_record(exp: Experiment, run_dir: Path) -> RunRecord:
@@ -179,7 +184,8 @@ def run_experiment(
     loading = exp.start_loading()  # the data, prepared in a child while this goes on
     try:
         if loading is not None:
-            _import_ahead(exp, decide(exp.cfg.simulation, exp.cfg.num_clients).backend != "ray")
+            ray = decide(exp.cfg.simulation, exp.cfg.num_clients).backend == "ray"
+            _import_ahead(exp, loading, trains_here=not ray)
         fed, warnings = exp.prepare(loading)
     finally:
         if loading is not None:

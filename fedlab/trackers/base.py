@@ -145,8 +145,9 @@ class Tracker:
 
     @classmethod
     def imports(cls, exp: Experiment) -> tuple[str, ...]:
-        """Modules this tracker will import during the run (at its close, say): ``fedlab-run``
-        imports them while a child prepares the data, when that core would otherwise wait."""
+        """Modules this tracker will import during the run (at its close, say), in order:
+        ``fedlab-run`` imports them while a child prepares the data and it would otherwise
+        wait, one after another until the data arrive (so list a large one in steps)."""
         return ()
 
     @classmethod
