@@ -19,12 +19,6 @@ Why a pool of forked workers rather than Ray or ``concurrent.futures``:
   block per worker and only their layout travels through the pipe (a reply too large for the
   block falls back to the pipe). Messages to the clients are pickled: the global model is the
   same for every client and a few hundred kB at most for fedlab's models.
-* Each worker has up to :data:`PREFETCH` messages in its pipe, so that it starts the next
-  client as soon as it has sent a reply, instead of idling while the driver collects that
-  reply and sends the next message. Measured on the benchmark workload (100 clients, 10 per
-  round, federated evaluation of all): with one message at a time each of 2 workers was busy
-  57 % of the rounds' time. The block has one slot per message in flight, so a reply is never
-  written over one the driver has not read yet.
 
 Any worker may serve any client: the node's Context travels with each message (and its state
 comes back), per-client state of stateful algorithms is on disk, and every draw is seeded
@@ -53,13 +47,11 @@ from fedlab.engines.inprocess import InProcessGrid, run_in_process
 
 log = logging.getLogger("fedlab")
 
-#: Shared memory per worker and message in flight for its replies' arrays: this many times the
-#: largest message sent to it (an update plus an algorithm's extra records, e.g. SCAFFOLD's
-#: control variate), and at least :data:`MIN_SHARED_BYTES`.
+#: Shared memory per worker for its replies' arrays: this many times the largest message sent
+#: to it (an update plus an algorithm's extra records, e.g. SCAFFOLD's control variate), and at
+#: least :data:`MIN_SHARED_BYTES`.
 SHARED_FACTOR = 4
 MIN_SHARED_BYTES = 1 << 20
-#: Messages handed to a worker ahead of its replies (its own slot of shared memory each).
-PREFETCH = 2
 _STOP_GRACE_S = 2.0  # how long a worker may take to leave at the end of the run
 _PARENT_CHECK_S = 1.0  # how often an idle worker checks that the driver is still there
 
@@ -71,19 +63,16 @@ def _error(msg: Any, reason: str) -> Any:
     return Message(Error(code=2, reason=reason), reply_to=msg)
 
 
-def _pack(
-    reply: Any, shared: SharedMemory, slot: int
-) -> list[tuple[str, str, str, tuple, str, int, int]]:
-    """Move the reply's array bytes into slot ``slot`` of ``shared`` (:data:`PREFETCH` equal
-    slots); return their layout, or [] (and leave the reply whole) when they do not fit."""
+def _pack(reply: Any, shared: SharedMemory) -> list[tuple[str, str, str, tuple, str, int, int]]:
+    """Move the reply's array bytes into ``shared``; return their layout, or [] (and leave the
+    reply whole) when they do not fit."""
     if reply.has_error():
         return []
     records = reply.content.array_records
     arrays = [(name, key, a) for name, record in records.items() for key, a in record.items()]
-    size = shared.size // PREFETCH
-    if sum(len(a.data) for _, _, a in arrays) > size or not arrays:
+    if sum(len(a.data) for _, _, a in arrays) > shared.size or not arrays:
         return []
-    layout, offset = [], slot * size
+    layout, offset = [], 0
     for name, key, a in arrays:
         shared.buf[offset : offset + len(a.data)] = a.data
         layout.append((name, key, a.dtype, tuple(a.shape), a.stype, offset, len(a.data)))
@@ -115,7 +104,6 @@ def _serve(conn: Connection, client_app: ClientApp, shared: SharedMemory, parent
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)  # the driver's handlers came with the fork
-    served = 0
     while True:
         if not conn.poll(_PARENT_CHECK_S):
             if os.getppid() != parent:  # the driver died without saying stop
@@ -132,21 +120,18 @@ def _serve(conn: Connection, client_app: ClientApp, shared: SharedMemory, parent
             reply = client_app(msg, context)
         except Exception as err:  # a client exception is an error reply, as on Flower's engine
             reply = _error(msg, repr(err))
-        # replies go out in order and the driver reads each before it sends the message after
-        # the next one, so slot ``served % PREFETCH`` is free again by now
-        layout = _pack(reply, shared, served % PREFETCH)
-        served += 1
+        layout = _pack(reply, shared)
         conn.send((reply, layout, context.state))
 
 
 @dataclass(eq=False)  # identity: workers are dict keys
 class _Worker:
-    """One worker process, the driver's end of its pipe, its shared memory and its jobs."""
+    """One worker process, the driver's end of its pipe, its shared memory and its job."""
 
     process: Any
     conn: Connection
     shared: SharedMemory
-    jobs: list[Any] = field(default_factory=list)  # messages sent, in the order served
+    job: tuple[Any, float] | None = None  # (message being served, when it was sent)
     served: int = field(default=0)
 
 
@@ -166,11 +151,11 @@ class PoolGrid(InProcessGrid):
         # ``_disable_dynamo``, ~1 s of CPU): imported once here, each fork inherits it.
         import torch._dynamo  # noqa: F401
         self._mp = multiprocessing.get_context("fork")
+        self._shared_bytes = MIN_SHARED_BYTES
         self.workers: list[_Worker] = []
         self.replaced = 0  # workers replaced after a crash or a timeout
         for _ in range(max(1, workers)):
-            block = SharedMemory(create=True, size=PREFETCH * MIN_SHARED_BYTES)
-            self.workers.append(self._start(block))
+            self.workers.append(self._start(SharedMemory(create=True, size=self._shared_bytes)))
 
     def _start(self, shared: SharedMemory) -> _Worker:
         """Fork one worker using ``shared`` for its replies."""
@@ -199,42 +184,34 @@ class PoolGrid(InProcessGrid):
         self.workers[self.workers.index(worker)] = fresh
         return fresh
 
-    def _fill(self, pending: list[Any]) -> None:
-        """Hand pending messages to the workers, idle ones first, up to :data:`PREFETCH` each
-        (a message queued behind a client that hangs waits for the round timeout with it)."""
-        for depth in range(1, PREFETCH + 1):
-            for i in range(len(self.workers)):
-                if not pending or len(self.workers[i].jobs) >= depth:
-                    continue
-                size = SHARED_FACTOR * sum(
-                    a.count_bytes() for a in pending[0].content.array_records.values()
-                )
-                if PREFETCH * size > self.workers[i].shared.size:
-                    if self.workers[i].jobs:  # a larger block: only once this one is idle
-                        continue
-                    # forked workers cannot map a new block: start a fresh one
-                    self._replace(self.workers[i], PREFETCH * max(size, MIN_SHARED_BYTES))
-                worker, msg = self.workers[i], pending.pop(0)
-                worker.conn.send((msg, self.contexts[msg.metadata.dst_node_id]))
-                worker.jobs.append(msg)
+    def _dispatch(self, worker: _Worker, msg: Any) -> None:
+        size = SHARED_FACTOR * sum(
+            a.count_bytes() for a in msg.content.array_records.values()
+        )
+        if size > worker.shared.size:  # forked workers cannot map a new block: start anew
+            worker = self._replace(worker, max(size, MIN_SHARED_BYTES))
+        context = self.contexts[msg.metadata.dst_node_id]
+        worker.conn.send((msg, context))
+        worker.job = (msg, time.monotonic())
 
     def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> list[Any]:
         """Serve every message on the workers; return the replies (any order) by ``timeout``."""
         pending = list(messages)
         replies: list[Any] = []
         deadline = None if timeout is None else time.monotonic() + timeout
-        while pending or any(w.jobs for w in self.workers):
-            self._fill(pending)
-            busy = {w.conn: w for w in self.workers if w.jobs}
+        while pending or any(w.job for w in self.workers):
+            for worker in self.workers:
+                if worker.job is None and pending:
+                    self._dispatch(worker, pending.pop(0))
+            busy = {w.conn: w for w in self.workers if w.job}
             sentinels = {w.process.sentinel: w for w in busy.values()}
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             ready = wait([*busy, *sentinels], timeout=left)
             if not ready:  # the round timeout passed
-                for worker in [w for w in self.workers if w.jobs]:
-                    serving, *queued = worker.jobs
-                    replies.append(_error(serving, f"no reply within {timeout:g} s "
+                for worker in [w for w in self.workers if w.job]:
+                    msg = worker.job[0]
+                    replies.append(_error(msg, f"no reply within {timeout:g} s "
                                           "(simulation.round_timeout_s); worker replaced"))
-                    pending[:0] = queued
                     self.replaced += 1
                     self._replace(worker)
                 replies.extend(
@@ -244,15 +221,14 @@ class PoolGrid(InProcessGrid):
                 break
             for worker in dict.fromkeys([*(busy.get(r) for r in ready),
                                          *(sentinels.get(r) for r in ready)]):
-                if worker is not None and worker.jobs:
-                    replies.append(self._collect(worker, pending))
+                if worker is not None and worker.job is not None:
+                    replies.append(self._collect(worker))
         return replies
 
-    def _collect(self, worker: _Worker, pending: list[Any]) -> Any:
-        """The reply of a worker whose pipe or sentinel became ready. When the worker died,
-        the message it was serving gets an error reply and those it had not started go back
-        to the front of ``pending``, for the others (and its replacement)."""
-        msg = worker.jobs.pop(0)
+    def _collect(self, worker: _Worker) -> Any:
+        """The reply of a worker whose pipe or sentinel became ready."""
+        msg = worker.job[0] if worker.job else None
+        worker.job = None
         try:
             if worker.conn.poll():
                 reply, layout, state = worker.conn.recv()
@@ -261,8 +237,6 @@ class PoolGrid(InProcessGrid):
                 return _unpack(reply, layout, worker.shared) if layout else reply
         except (EOFError, OSError):
             pass
-        pending[:0] = worker.jobs
-        worker.jobs.clear()
         worker.process.join()
         code = worker.process.exitcode
         name = signal.Signals(-code).name if code is not None and code < 0 else f"exit {code}"
