@@ -211,8 +211,9 @@ def test_round_one_charges_no_client_for_the_process_warm_up(tmp_path: Path) -> 
     median = cpu[len(cpu) // 2]
     assert cpu[-1] < 10 * median, cpu  # the first client is of the others' order
     warm = [float(r["warmup_cpu_s"] or 0) for r in rows]
-    assert sum(w > 0 for w in warm) >= 1  # the warm-up was seen, on its own column
-    assert max(warm) > cpu[-1]  # and it is larger than any client's own round
+    # the warm-up was seen, on its own column (since fedlab-run imports torch._dynamo while
+    # the data are prepared, issue #22, it no longer outweighs a client's round: ~3 ms)
+    assert sum(w > 0 for w in warm) >= 1
     c = json.loads((run_dir / "results.json").read_text())["carbon"]
     assert c["warmup_cpu_s"] == pytest.approx(sum(warm), rel=1e-12)
     # the host's energy still splits exactly: clients + server + overhead (warm-up included)
