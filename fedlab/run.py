@@ -184,8 +184,8 @@ def run_experiment(
     loading = exp.start_loading()  # the data, prepared in a child while this goes on
     try:
         if loading is not None:
-            ray = decide(exp.cfg.simulation, exp.cfg.num_clients).backend == "ray"
-            _import_ahead(exp, loading, trains_here=not ray)
+            here = decide(exp.cfg.simulation, exp.cfg.num_clients).trains_here
+            _import_ahead(exp, loading, trains_here=here)
         fed, warnings = exp.prepare(loading)
     finally:
         if loading is not None:

@@ -36,10 +36,11 @@ def _choose(sim: SimulationConfig, clients: int = 10, cores: int = 2, **kw):
 def test_auto_picks_ray_only_for_a_cluster_or_gpus() -> None:
     choice = _choose(SimulationConfig(ray_address="10.0.0.1:6379"))
     assert choice.backend == "ray" and "simulation.ray_address=10.0.0.1:6379" in choice.reason
+    assert not choice.trains_here  # Ray's actors import everything afresh
     assert _choose(SimulationConfig(client_gpus=0.5)).backend == "ray"
     # one machine, many cores: still no Ray
     choice = _choose(SimulationConfig(), clients=100, cores=64)
-    assert (choice.backend, choice.workers) == ("pool", 64)
+    assert (choice.backend, choice.workers) == ("pool", 64) and choice.trains_here
     assert choice.line().startswith("engine pool (64 workers): 64 cores on one machine")
 
 

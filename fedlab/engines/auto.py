@@ -70,6 +70,12 @@ class Choice:
     workers: int
     reason: str
 
+    @property
+    def trains_here(self) -> bool:
+        """Whether clients train in this process or in workers forked from it (not in Ray's
+        actors, which import everything afresh)."""
+        return self.backend in ("pool", "inprocess")
+
     def line(self) -> str:
         """The console line: ``engine pool (2 workers): <reason>``."""
         size = f" ({self.workers} workers)" if self.backend == "pool" else ""
