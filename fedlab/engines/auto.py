@@ -12,9 +12,10 @@ The rule asks what the machine and the run offer, never which preset was named:
   workers than clients, and no more than the free memory holds copies of this process;
 * one usable worker (a single core, a single client, no ``fork``): **in-process**, since a
   pool of one only adds a message round trip per client;
-* clients whose work is small (:data:`POOL_MIN_FLOPS`, estimated from the model's FLOPs and
-  the round's training and evaluation sizes by :func:`client_work`): **in-process** too,
-  since each message's round trip to a worker then costs more than the second core gives.
+* clients whose work is small (under :data:`POOL_MIN_WORK_S` a message, estimated by
+  :func:`client_work` from the model's counted FLOPs and torch operations and the round's
+  training and evaluation sizes): **in-process** too, since each message's round trip to a
+  worker then costs more than the second core gives.
 
 The reason is part of the choice: the run's first console line says which engine ran and why.
 """
