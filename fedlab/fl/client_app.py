@@ -33,6 +33,7 @@ from fedlab.fl.training import (
     evaluate,
     make_optimizer,
     seed_for,
+    seed_torch,
     train,
     train_private,
     warm_up,
@@ -271,7 +272,7 @@ def build_client_app(spec: ClientSpec | Callable[[Context], ClientSpec]) -> Clie
             lambda: _fit(copy.deepcopy(model), batch, config, 1.0, spec.seed),
         )
         started, cpu_started = time.perf_counter(), time.process_time()
-        torch.manual_seed(seed_for(spec.seed, server_round, pid, 1))
+        seed_torch(seed_for(spec.seed, server_round, pid, 1))
         initial_loss = evaluate(model, data)[0] if config.get("report-initial-loss") else None
         update = client_update_of(spec)
         job = _job(spec, msg, model, data, pid, update, before_round=server_round)
