@@ -19,6 +19,7 @@ import contextlib
 import io
 import json
 import logging
+import operator
 import os
 import re
 import sys
@@ -32,6 +33,8 @@ from fedlab.help import conf_root, render_help, wants_help
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
+
+    from fedlab.background import Background
 
 PROG = "fedlab-run"
 #: Exit code of a run a tracker stopped on purpose (``budget_exhausted``, ``diverged``): not a
@@ -90,6 +93,30 @@ def run_hydra_app(hydra_main: Callable[[], Any], prog: str = PROG) -> None:
 def _run(cfg: DictConfig) -> float | None:
     """The task function :func:`main` hands to ``hydra.main``: one run of the composed config."""
     release_stderr()
+    loading = _start_loading(cfg)  # before the imports below: they take ~2 s of one core
+    try:
+        return _run_job(cfg, loading)
+    finally:
+        if loading is not None:
+            loading.cancel()
+
+
+def _start_loading(cfg: DictConfig) -> Background | None:
+    """A child that imports what preparing this run's data needs while the driver imports
+    torch and Flower, then waits for the validated experiment's work
+    (:meth:`fedlab.config.experiment.Experiment.start_loading`); None where the data are not
+    prepared in a child (a dataset that is not ``background``, a resumed run, no fork)."""
+    from fedlab.background import Background, can_fork
+    from fedlab.data.partition import background_imports
+
+    if cfg.get("resume") or not can_fork():
+        return None
+    imports = background_imports(cfg.get("dataset"), cfg.get("partition"))
+    return None if imports is None else Background(operator.call, "data", imports, awaits=True)
+
+
+def _run_job(cfg: DictConfig, loading: Background | None) -> float | None:
+    """The run itself, in :func:`_run`'s Hydra context, the data's child already forked."""
     from hydra.core.hydra_config import HydraConfig
 
     from fedlab.console import setup_logging
@@ -108,7 +135,7 @@ def _run(cfg: DictConfig) -> float | None:
         _reject(run_dir, f"resume: a resumed run keeps its own config (only num_rounds may "
                 f"grow); remove {' '.join(changes)}")
     try:
-        results = run_experiment(cfg, run_dir, overrides)
+        results = run_experiment(cfg, run_dir, overrides, loading=loading)
     except ConfigError as err:
         _reject(run_dir, str(err))
     except RunFailed as err:

@@ -125,22 +125,25 @@ def _import_ahead(exp: Experiment, loading: Background, trains_here: bool) -> No
     """While a child prepares the data (``loading``), import what this process needs later
     anyway, so that the two overlap (issue #22): ``torch._dynamo`` where clients train in this
     process or in pool workers forked from it (every torch optimizer imports it on first use,
-    ~0.8 s; a fork inherits it) and matplotlib's figure and Agg canvas (the pictures); then,
-    only until the data arrive, what the trackers will import later
-    (:meth:`fedlab.trackers.base.Tracker.imports`: the audit's Fairlearn and Captum, ~1.1 s,
-    at the run's close), so the first round does not wait for what only the close needs."""
+    ~1 s; a fork inherits it); then, only until the data arrive, so that the first round
+    never waits for what only the close needs, matplotlib's figure and Agg canvas (the
+    pictures) and what the trackers will import later
+    (:meth:`fedlab.trackers.base.Tracker.imports`), except those closed in a child of their
+    own, which imports theirs (``closes_apart``)."""
     import importlib
 
-    modules = ["matplotlib.figure", "matplotlib.backends.backend_agg"]
+    from fedlab.background import can_fork
+
     if trains_here:
-        modules.insert(0, "torch._dynamo")
-    for module in modules:
-        importlib.import_module(module)
+        importlib.import_module("torch._dynamo")
+    later = ["matplotlib.figure", "matplotlib.backends.backend_agg"]
     for spec in tracker_specs(exp.cfg.trackers):
-        for module in spec.cls.imports(exp):
-            if loading.ready():
-                return
-            importlib.import_module(module)
+        if not (spec.cls.closes_apart and can_fork()):
+            later.extend(spec.cls.imports(exp))
+    for module in later:
+        if loading.ready():
+            return
+        importlib.import_module(module)
 
 
 def open_record(exp: Experiment, run_dir: Path) -> RunRecord:
@@ -158,10 +161,13 @@ def run_experiment(
     run_dir: Path,
     overrides: list[str] | None = None,
     engine: Engine | None = None,
+    loading: Background | None = None,
 ) -> dict:
     """Run the experiment ``raw`` describes and write its record into ``run_dir``.
 
-    ``engine`` runs the federation (default: :func:`simulation_engine`).
+    ``engine`` runs the federation (default: :func:`simulation_engine`). ``loading`` is a
+    child forked to prepare the data before the experiment was validated (``fedlab-run``'s,
+    :func:`fedlab.cli._start_loading`): it is given the work, or ended if not needed.
 
     Raises :class:`ConfigError` before writing anything if the config or the directory is
     unusable, :class:`RunFailed` (record status ``failed``) if the run breaks, and lets
@@ -171,17 +177,21 @@ def run_experiment(
     from fedlab.fl.strategy import check_model_fits
 
     if raw.get("resume"):
+        if loading is not None:
+            loading.cancel()
         extend = any(o.startswith("num_rounds=") for o in overrides or [])
         return resume_experiment(Path(raw.resume), engine, raw.num_rounds if extend else None)
     exp = Experiment.from_config(raw)
     config_yaml = OmegaConf.to_yaml(raw, resolve=True)
     finished = claim(run_dir, config_yaml)
     if finished is not None:
+        if loading is not None:
+            loading.cancel()
         log.info("fedlab: skipped: %s already holds this run, completed", run_dir)
         return finished
     from fedlab.engines.auto import announce, client_work, decide
 
-    loading = exp.start_loading()  # the data, prepared in a child while this goes on
+    loading = exp.start_loading(loading)  # the data, prepared in a child meanwhile
     try:
         if loading is not None:
             here = decide(exp.cfg.simulation, exp.cfg.num_clients).trains_here
@@ -248,6 +258,15 @@ def _draw_partition(fed: Any, path: Path) -> Background | None:
         plot_label_distribution(fed, path)
         return None
     return Background(partial(plot_label_distribution, fed, path), "partition-picture")
+
+
+def _draw_figures(run_dir: Path) -> None:
+    """``curves.png`` and every tracker's own pictures, from the record as of its last round
+    (matplotlib is imported here, at the close, not before the first round)."""
+    from fedlab.reports.curves import plot_curves, plot_run_figures
+
+    plot_curves(run_dir)
+    plot_run_figures(run_dir)
 
 
 def resume_experiment(
@@ -369,7 +388,6 @@ def _execute(
     host's energy) covers the whole run, start-up included.
     """
     from fedlab.record import lineage
-    from fedlab.reports.curves import plot_curves, plot_run_figures
     from fedlab.reports.model_card import write_model_card
     from fedlab.trackers.base import Tracker
 
@@ -377,6 +395,7 @@ def _execute(
         if not (run_dir / lineage.PARTITION).exists():  # a resumed run keeps its own (checked)
             lineage.write_partition(run_dir, fed, exp.cfg.partition)
         trackers = Trackers.build(RunContext(exp, fed, run_dir))
+        trackers.fork_closer()
     except BaseException:
         if drawing is not None:
             drawing.cancel()
@@ -391,10 +410,9 @@ def _execute(
     def closing(status: str) -> dict[str, Any]:
         if drawing is not None:  # the record is complete only with its partition picture
             drawing.result()
-        fields = trackers.close()
-        if record.rounds:
-            plot_curves(record.dir)
-            plot_run_figures(record.dir)
+        # the pictures are drawn while a child audits the final model (Trackers.close)
+        figures = partial(_draw_figures, record.dir) if record.rounds else None
+        fields = trackers.close(meanwhile=figures)
         # The model and checkpoint are final now: hash the chain. A tracker that publishes
         # the record elsewhere may annotate its section afterwards, so that one is not hashed.
         later = {t.name for t in trackers if type(t).published is not Tracker.published}

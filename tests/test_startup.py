@@ -169,3 +169,77 @@ def test_a_rerun_sweep_within_the_same_second_counts_its_skipped_runs(tmp_path, 
         .out.strip()
         .endswith("3 runs in " + str(tmp_path) + ", 2 skipped (already completed)")
     )
+
+
+@needs_fork
+def test_a_child_forked_before_its_work_imports_ahead_then_runs_what_it_is_sent() -> None:
+    """``awaits=True``: the child imports first, then runs ``work(x)`` for the ``x`` that
+    :meth:`Background.start` sends; one never started ends with :meth:`Background.cancel`."""
+    import operator
+    from functools import partial
+
+    def imported(names: list[str]) -> list[bool]:
+        return [name in sys.modules for name in names]
+
+    warm = Background(imported, "test", imports=["colorsys", "no.such.module"], awaits=True)
+    assert warm.start(["colorsys", "tabnanny"]) is None
+    assert warm.result() == [True, "tabnanny" in sys.modules]  # what it was told, no more
+    call = Background(operator.call, "test", awaits=True)
+    call.start(partial(sum, range(101)))
+    assert call.result() == 5050
+    with pytest.raises(RuntimeError, match="awaits nothing, or was started already"):
+        call.start(None)
+    idle = Background(operator.call, "test", imports=["json"], awaits=True)
+    idle.cancel()  # never given its work: it ends, and nothing waits for it
+    assert not idle._process.is_alive()
+
+
+def test_the_data_child_imports_what_the_configs_dataset_and_partitioner_need() -> None:
+    from fedlab.data.partition import background_imports
+
+    digits = {"_target_": "fedlab.data.datasets.sklearn.Digits"}
+    dirichlet = {"_target_": "flwr_datasets.partitioner.DirichletPartitioner", "alpha": 0.5}
+    assert background_imports(digits, dirichlet) == (
+        "sklearn.datasets", "sklearn.model_selection", "flwr_datasets.partitioner", "datasets"
+    )  # fmt: skip
+    # a dataset that is not prepared in a child (a download, a generator), or a target that
+    # does not resolve (validation reports it): no child
+    synthetic = {"_target_": "fedlab.data.datasets.synthetic.Synthetic"}
+    assert background_imports(synthetic, dirichlet) is None
+    assert background_imports({"_target_": "no.such.Dataset"}, dirichlet) is None
+    assert background_imports({}, dirichlet) is None
+
+
+@needs_fork
+def test_the_loader_sent_to_a_child_forked_before_validation_gives_the_same_data(
+    compose_cfg,
+) -> None:
+    import operator
+
+    from fedlab.config.experiment import Experiment
+
+    exp = Experiment.from_config(compose_cfg("num_clients=7"))
+    warm = Background(operator.call, "data", imports=["sklearn.datasets"], awaits=True)
+    assert exp.start_loading(warm) is warm
+    fed, _ = exp.prepare(warm)
+    here = exp.load_data()
+    assert np.array_equal(fed.pool.x, here.pool.x) and np.array_equal(fed.test.y, here.test.y)
+    assert [a.tolist() for a in fed.client_train] == [a.tolist() for a in here.client_train]
+    # an experiment whose data are not prepared in a child ends the one forked for it
+    lazy = Experiment.from_config(compose_cfg("dataset=synthetic"))
+    unused = Background(operator.call, "data", awaits=True)
+    assert lazy.start_loading(unused) is None
+    assert not unused._process.is_alive()
+
+
+def test_seed_torch_draws_what_torch_manual_seed_draws() -> None:
+    import torch
+
+    from fedlab.fl.training import seed_torch
+
+    torch.manual_seed(1234)
+    expected = torch.rand(5), torch.randn(3), torch.randint(0, 100, (4,))
+    torch.manual_seed(99)  # something else in between
+    seed_torch(1234)
+    drawn = torch.rand(5), torch.randn(3), torch.randint(0, 100, (4,))
+    assert all(torch.equal(a, b) for a, b in zip(expected, drawn, strict=True))

@@ -7,7 +7,9 @@ building what it names. Every problem surfaces as one :class:`~fedlab.config.sch
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from flwr.app import ConfigRecord
@@ -17,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from fedlab.config.schema import ConfigError, FedlabConfig, require
 from fedlab.data.datasets import DatasetSpec
-from fedlab.data.partition import FederatedData, lazy_federation, partition
+from fedlab.data.partition import FederatedData, federate
 from fedlab.fl import clock
 from fedlab.fl.schedule import Scheduler
 from fedlab.fl.strategy import build_strategy, check_client_update, check_robust_aggregation
@@ -201,37 +203,36 @@ class Experiment:
         return self._fleet[1]
 
     def load_data(self) -> FederatedData:
-        """Load the dataset and partition it among the clients.
+        """Load the dataset and partition it among the clients
+        (:func:`fedlab.data.partition.federate`)."""
+        return self.loader()()
 
-        A dataset that generates one user at a time (``dataset.lazy=true``) is not loaded at
-        all: its clients generate their own examples when sampled (``LazyFederatedData``).
-        """
-        if getattr(self.dataset, "lazy", False):
-            return lazy_federation(
-                self.dataset,
-                dict(self.cfg.partition),
-                self.cfg.num_clients,
-                self.cfg.seed,
-                self.dataset.client_test_fraction,
-            )
-        central = self.dataset.load(self.cfg.seed)
-        return partition(
-            central,
-            dict(self.cfg.partition),
-            self.cfg.num_clients,
-            self.cfg.seed,
-            self.dataset.client_test_fraction,
+    def loader(self) -> Callable[[], FederatedData]:
+        """:meth:`load_data` as a function of this experiment's data settings alone, which a
+        child can unpickle without importing torch (:meth:`start_loading`)."""
+        return partial(
+            federate, self.dataset, dict(self.cfg.partition), self.cfg.num_clients, self.cfg.seed
         )
 
-    def start_loading(self) -> Background | None:
+    def start_loading(self, warm: Background | None = None) -> Background | None:
         """Start :meth:`load_data` in a forked child (:mod:`fedlab.background`), for
         :meth:`prepare` to collect, when the dataset is small enough to come back through a
-        pipe and this platform forks; None where the data are loaded by :meth:`prepare`."""
+        pipe and this platform forks; None where the data are loaded by :meth:`prepare`.
+
+        ``warm`` is a child forked earlier that waits for its work (``fedlab-run`` forks it
+        right after composing the config, :func:`fedlab.data.partition.background_imports`):
+        it is given the work, or ended where this experiment does not use it.
+        """
         from fedlab.background import Background, can_fork
 
         if not type(self.dataset).background or not can_fork():
+            if warm is not None:
+                warm.cancel()
             return None
-        return Background(self.load_data, "data")
+        if warm is not None:
+            warm.start(self.loader())
+            return warm
+        return Background(self.loader(), "data")
 
     def prepare(self, loading: Background | None = None) -> tuple[FederatedData, list[str]]:
         """Load and partition the data (or take them from ``loading``, started by

@@ -258,6 +258,43 @@ class LazyFederatedData(FederatedData):
         )
 
 
+def federate(
+    dataset: DatasetSpec, spec: dict[str, Any], num_clients: int, seed: int
+) -> FederatedData | LazyFederatedData:
+    """Load ``dataset`` and partition it among ``num_clients`` clients with partitioner
+    ``spec``; a dataset that generates one user at a time (``dataset.lazy=true``) is not loaded
+    at all: its clients generate their own examples when sampled (:class:`LazyFederatedData`).
+
+    A function of its arguments alone (no torch imported): it is what a forked child runs to
+    prepare the data while the driver imports the rest (:mod:`fedlab.background`).
+    """
+    fraction = dataset.client_test_fraction
+    if getattr(dataset, "lazy", False):
+        return lazy_federation(dataset, spec, num_clients, seed, fraction)
+    return partition(dataset.load(seed), spec, num_clients, seed, fraction)
+
+
+def background_imports(dataset: Any, partitioner: Any) -> tuple[str, ...] | None:
+    """What preparing the federation configured by ``dataset`` and ``partitioner`` (their
+    config nodes, ``_target_`` and settings) imports, or None when its dataset is not prepared
+    in a forked child (``DatasetSpec.background``).
+
+    Asked before the config is validated, while nothing heavy is imported yet, so that a child
+    can import these on the second core while the driver imports torch and Flower: a target
+    that does not resolve is None here, and its error is the validation's to report.
+    """
+    from hydra.utils import get_class
+
+    try:
+        cls = get_class(str(dataset["_target_"]))
+        target = str(partitioner["_target_"])
+    except Exception:  # invalid config: reported by the validation that follows
+        return None
+    if not (isinstance(cls, type) and issubclass(cls, DatasetSpec) and cls.background):
+        return None
+    return (*cls.imports, target.rpartition(".")[0], *PARTITION_IMPORTS)
+
+
 def lazy_federation(
     dataset: DatasetSpec,
     spec: dict[str, Any],
@@ -309,6 +346,11 @@ def _build_partitioner(spec: dict[str, Any], num_clients: int, seed: int) -> Any
         return cls(**spec)
     except (TypeError, ValueError) as err:
         raise ConfigError("partition", str(err).splitlines()[0]) from None
+
+
+#: What :func:`partition` imports besides its partitioner's module: the partitioners work on a
+#: Hugging Face ``datasets.Dataset``.
+PARTITION_IMPORTS = ("datasets",)
 
 
 def partition(

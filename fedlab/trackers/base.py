@@ -124,6 +124,12 @@ class Tracker:
     #: ``comparison_figures(comparison)`` (any of them), imported only when a report is made:
     #: so a run never imports plotting code, and a tracker need not repeat the delegation.
     report_module: ClassVar[str] = ""
+    #: Whether :meth:`close` may run in a child forked when the rounds start, on that child's
+    #: copy of this tracker as built, given this one's :meth:`closing_state` at the end: for a
+    #: close that costs seconds of imports and compute (the audit of the final model) and
+    #: reads nothing else that changed during the run. The child imports :meth:`imports`
+    #: while the rounds run (:meth:`fedlab.trackers.registry.Trackers.fork_closer`).
+    closes_apart: ClassVar[bool] = False
 
     @classmethod
     def columns(cls, kind: Literal["round", "client"], exp: Experiment) -> tuple[str, ...]:
@@ -204,6 +210,16 @@ class Tracker:
         """The run ended (whatever its status): release resources; return the final
         ``results.json`` section (default: :meth:`summary`). Called once."""
         return self.summary()
+
+    def closing_state(self) -> Any:
+        """What a copy of this tracker made before the rounds needs to :meth:`close` as this
+        one would (``closes_apart``; sent through a pipe, so picklable): default, its
+        :meth:`state_dict`."""
+        return self.state_dict()
+
+    def restore_closing_state(self, state: Any) -> None:
+        """Take :meth:`closing_state` from the tracker that ran the rounds."""
+        self.load_state_dict(state)
 
     def published(self, status: str) -> None:
         """The record is final (``results.json`` says ``status``) and its reports are written

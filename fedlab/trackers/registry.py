@@ -6,15 +6,21 @@ the trackers, so none of them names one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
+from logging import getLogger
 from typing import TYPE_CHECKING, Any
 
 from fedlab.config.schema import ConfigError
 from fedlab.trackers.base import RoundContext, RunContext, Tracker, order
 
 if TYPE_CHECKING:
+    from fedlab.background import Background
     from fedlab.config.experiment import Experiment
+
+log = getLogger("fedlab")
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,16 @@ def columns(
     return list(out)
 
 
+def _close_apart(trackers: list[Tracker], states: dict[str, Any]) -> dict[str, Any]:
+    """In :meth:`Trackers.fork_closer`'s child: close its copies of ``trackers`` as the
+    driver's would, given their closing states."""
+    final = {}
+    for tracker in trackers:
+        tracker.restore_closing_state(states[tracker.name])
+        final[tracker.name] = tracker.close()
+    return final
+
+
 class Trackers:
     """The active trackers of one run, in dependency order."""
 
@@ -83,6 +99,7 @@ class Trackers:
         self.specs = specs
         self.active = order(active)
         self._exp = exp
+        self._closer: Background | None = None
 
     @classmethod
     def build(cls, run: RunContext) -> Trackers:
@@ -132,12 +149,54 @@ class Trackers:
             if tracker.name in state:  # a tracker added since the checkpoint starts afresh
                 tracker.load_state_dict(state[tracker.name])
 
-    def close(self) -> dict[str, Any]:
-        """End every tracker; their final sections (an inactive one's as when inactive)."""
+    def fork_closer(self) -> None:
+        """Fork the child that will close the trackers that close apart (``closes_apart``),
+        as the rounds start: it imports what their close needs on the core that the driver's
+        rounds leave free, and :meth:`close` runs theirs there while the driver closes the
+        rest and draws the pictures. Not where this platform does not fork, nor once Ray
+        runs in this process (a fork of its threads and sockets is not safe)."""
+        from fedlab.background import Background, can_fork
+
+        apart = [t for t in self.active if t.closes_apart]
+        if not apart or not can_fork() or "ray" in sys.modules:
+            return
+        imports = [m for t in apart for m in type(t).imports(self._exp)]
+        self._closer = Background(partial(_close_apart, apart), "closer", imports, awaits=True)
+
+    def close(self, meanwhile: Callable[[], None] | None = None) -> dict[str, Any]:
+        """End every tracker; their final sections (an inactive one's as when inactive).
+
+        The trackers that close apart are closed by :meth:`fork_closer`'s child, sent their
+        :meth:`~fedlab.trackers.base.Tracker.closing_state` first, while this process closes
+        the others and then runs ``meanwhile()`` (the run's pictures); a tracker whose child
+        is gone (killed, out of memory) is closed here, with a warning, so the record still
+        gets its section.
+        """
         final = {s.name: s.cls.inactive_summary(self._exp) for s in self.specs}
-        for tracker in self.active:
-            final[tracker.name] = tracker.close()
+        closer, self._closer = self._closer, None
+        apart = [t for t in self.active if t.closes_apart] if closer is not None else []
+        if closer is not None:
+            closer.start({t.name: t.closing_state() for t in apart})
+        try:
+            for tracker in self.active:
+                if tracker not in apart:
+                    final[tracker.name] = tracker.close()
+            if meanwhile is not None:
+                meanwhile()
+        finally:
+            if closer is not None:
+                try:
+                    final.update(closer.result())
+                except Exception as err:
+                    log.warning("fedlab: warning: closing in a child failed (%s); here", err)
+                    final.update({t.name: t.close() for t in apart})
         return final
+
+    def cancel_closer(self) -> None:
+        """End :meth:`fork_closer`'s child unused (the run stops before its close)."""
+        if self._closer is not None:
+            self._closer.cancel()
+            self._closer = None
 
     def published(self, status: str) -> None:
         """The record and its reports are final: tell every tracker."""

@@ -59,6 +59,9 @@ class DatasetSpec:
     #: and sent back through a pipe (:mod:`fedlab.background`): true for the bundled
     #: in-memory datasets, false for downloads, which may be large.
     background: ClassVar[bool] = False
+    #: The modules :meth:`load` imports (in order), which a child preparing the data in the
+    #: background imports ahead, while the driver still imports torch and Flower.
+    imports: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         require(

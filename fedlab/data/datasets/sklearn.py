@@ -20,6 +20,7 @@ class Digits(DatasetSpec):
 
     as_image: bool = True
     background: ClassVar[bool] = True  # 1797 / 150 examples
+    imports: ClassVar[tuple[str, ...]] = ("sklearn.datasets", "sklearn.model_selection")
 
     @property
     def name(self) -> str:
@@ -49,6 +50,7 @@ class Iris(DatasetSpec):
 
     binary: bool = False
     background: ClassVar[bool] = True  # 1797 / 150 examples
+    imports: ClassVar[tuple[str, ...]] = ("sklearn.datasets", "sklearn.model_selection")
 
     @property
     def name(self) -> str:
