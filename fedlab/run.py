@@ -257,7 +257,7 @@ def _draw_partition(fed: Any, path: Path) -> Background | None:
     if not can_fork():
         plot_label_distribution(fed, path)
         return None
-    return Background(partial(plot_label_distribution, fed, path), "partition-picture")
+    return Background(partial(plot_label_distribution, fed, path), "partition-picture", nice=10)
 
 
 def _draw_figures(run_dir: Path) -> None:

@@ -4,6 +4,7 @@ client hung past the round timeout). Ray against in-process is tested in test_si
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -290,7 +291,8 @@ def test_evaluations_sharing_one_module_give_what_a_fresh_module_gives(
 ) -> None:
     """Clients evaluate in one module per process (fedlab.fl.client_app._reader); messages
     with different global models, interleaved across clients and after a training message,
-    each give the figures of a fresh model holding that message's weights."""
+    each give the figures of a fresh model holding that message's weights (the module is not
+    reloaded for the same bytes again, and is for a model differing in one weight)."""
     import torch
 
     from fedlab.config.experiment import Experiment
@@ -310,6 +312,9 @@ def test_evaluations_sharing_one_module_give_what_a_fresh_module_gives(
     for seed in (1, 2):
         torch.manual_seed(seed)
         models.append(build_model(exp.cfg.model, fed.input_shape, fed.num_classes))
+    models.append(copy.deepcopy(models[0]))  # model 0 with a single weight changed
+    with torch.no_grad():
+        next(models[2].parameters()).view(-1)[0] += 1e-3
     config = {"server-round": 1, "local-epochs": 1.0, "lr": 0.1, "batch-size": 8,
               "optimizer": "sgd", "momentum": 0.0, "weight-decay": 0.0}  # fmt: skip
 
@@ -322,7 +327,8 @@ def test_evaluations_sharing_one_module_give_what_a_fresh_module_gives(
 
     got = {}
     sequence = [("evaluate", 0, 1), ("evaluate", 1, 2), ("train", 1, 3),
-                ("evaluate", 1, 1), ("evaluate", 0, 2), ("evaluate", 0, 1)]  # fmt: skip
+                ("evaluate", 1, 1), ("evaluate", 0, 2), ("evaluate", 0, 1),
+                ("evaluate", 2, 1), ("evaluate", 0, 3)]  # fmt: skip
     for kind, which, node in sequence:
         reply = send(kind, which, node)
         if kind == "evaluate":

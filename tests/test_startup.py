@@ -106,6 +106,8 @@ def test_a_child_that_fails_or_dies_is_an_error_here() -> None:
     with pytest.raises(RuntimeError, match=r"^fedlab-test process died \(exit code 3\)"):
         Background(lambda: os._exit(3), "test").result()
     assert Background(lambda: sum(range(101)), "test").result() == 5050
+    # work off the critical path yields the cores to the driver (os.nice(0) reads the value)
+    assert Background(lambda: os.nice(0), "test", nice=10).result() == min(os.nice(0) + 10, 19)
 
 
 def test_drift_figures_do_not_depend_on_the_order_replies_came_in() -> None:

@@ -93,9 +93,23 @@ def _model(
     process, its weights all replaced, so training never shares a module between clients), or
     in this process's one evaluation module."""
     key = (json.dumps(spec.model, sort_keys=True), tuple(fed.input_shape), fed.num_classes)
-    model = copy.deepcopy(_template(*key)) if to_train else _reader(*key)
-    model.load_state_dict(state_dict_of(arrays))
+    if to_train:
+        model = copy.deepcopy(_template(*key))
+        model.load_state_dict(state_dict_of(arrays))
+        return model
+    model = _reader(*key)
+    # The evaluation module still holds these weights when the message carries the same bytes
+    # as the last one it loaded (every client of a round is sent the same global model):
+    # comparing them costs ~2 µs, loading them again ~120 µs of a small client's ~1 ms.
+    loaded = [array.data for array in arrays.values()]
+    if _LOADED.get(key) != loaded:
+        model.load_state_dict(state_dict_of(arrays))
+        _LOADED[key] = loaded
     return model
+
+
+#: The bytes of the arrays each evaluation module (:func:`_reader`) last loaded.
+_LOADED: dict[tuple[Any, ...], list[bytes]] = {}
 
 
 def _head(data: ArraySplit, n: int) -> ArraySplit:

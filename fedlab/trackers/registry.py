@@ -161,7 +161,9 @@ class Trackers:
         if not apart or not can_fork() or "ray" in sys.modules:
             return
         imports = [m for t in apart for m in type(t).imports(self._exp)]
-        self._closer = Background(partial(_close_apart, apart), "closer", imports, awaits=True)
+        self._closer = Background(
+            partial(_close_apart, apart), "closer", imports, awaits=True, nice=10
+        )
 
     def close(self, meanwhile: Callable[[], None] | None = None) -> dict[str, Any]:
         """End every tracker; their final sections (an inactive one's as when inactive).
