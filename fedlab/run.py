@@ -206,8 +206,10 @@ def run_experiment(
         cause = err.__cause__ or err  # Hydra wraps it in an InstantiationException
         raise ConfigError("model", str(cause).strip().splitlines()[0]) from None
     check_model_fits(exp.cfg, model)
+    choice = None
     if engine is None:  # the first line: which simulation engine runs, and why
-        announce(exp.cfg.simulation, exp.cfg.num_clients, partial(client_work, exp, fed, model))
+        work = partial(client_work, exp, fed, model)
+        choice = announce(exp.cfg.simulation, exp.cfg.num_clients, work)
 
     record = open_record(exp, run_dir)
     specs = tracker_specs(exp.cfg.trackers)
@@ -244,7 +246,8 @@ def run_experiment(
         f"({exp.scheduler().sample_size()} per round), {exp.cfg.num_rounds} rounds -> {run_dir}"
     )
     log.info("fedlab: %s", line([exp.cfg.strategy.name, what]))
-    return _execute(exp, fed, record, run_dir, engine=engine, drawing=drawing)
+    spare = choice is not None and choice.spare_cores > 0
+    return _execute(exp, fed, record, run_dir, engine=engine, drawing=drawing, closer_ahead=spare)
 
 
 def _draw_partition(fed: Any, path: Path) -> Background | None:
@@ -380,9 +383,13 @@ def _execute(
     saved: Any = None,
     engine: Engine | None = None,
     drawing: Background | None = None,
+    closer_ahead: bool = False,
 ) -> dict:
     """Run ``engine`` (from the start or from checkpoint ``saved``) and close the record;
     ``drawing`` (``partition.png`` being drawn in a child) is waited for when the run closes.
+    ``closer_ahead``: the rounds leave a core idle, so the child that closes the trackers that
+    close apart is forked before them, to import what it needs meanwhile (else at the close:
+    :meth:`~fedlab.trackers.registry.Trackers.close`).
 
     The trackers are built here, before the engine starts, so that what they measure (the
     host's energy) covers the whole run, start-up included.
@@ -395,7 +402,8 @@ def _execute(
         if not (run_dir / lineage.PARTITION).exists():  # a resumed run keeps its own (checked)
             lineage.write_partition(run_dir, fed, exp.cfg.partition)
         trackers = Trackers.build(RunContext(exp, fed, run_dir))
-        trackers.fork_closer()
+        if closer_ahead:
+            trackers.fork_closer()
     except BaseException:
         if drawing is not None:
             drawing.cancel()

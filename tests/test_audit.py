@@ -300,15 +300,16 @@ def test_drift_state_survives_a_checkpoint() -> None:
     assert restored.summary()["update_distance"]["by_client_mean"] == {"0": 1.0, "1": 2.5}
 
 
-def _trackers_with_final_model(run, run_dir: Path):
-    """The run's trackers built afresh over ``run_dir``, the audit's closer forked (as when
-    the rounds start), and then given the run's final model and a round of drift."""
+def _trackers_with_final_model(run, run_dir: Path, ahead: bool = True):
+    """The run's trackers built afresh over ``run_dir``, the audit's closer forked ``ahead``
+    (as when the rounds start), and then given the run's final model and a round of drift."""
     from fedlab.trackers.base import RunContext
     from fedlab.trackers.registry import Trackers
 
     run_dir.mkdir()
     trackers = Trackers.build(RunContext(run.exp, run.fed, run_dir))
-    trackers.fork_closer()
+    if ahead:
+        trackers.fork_closer()
     audit = next(t for t in trackers if isinstance(t, AuditTracker))
     audit.last = (2, ArrayRecord(run.model.state_dict()))
     audit.ledger.end_round(1, {0: 1.0, 2: 3.0}, np.array([0.25, 0.75]))
@@ -316,14 +317,17 @@ def _trackers_with_final_model(run, run_dir: Path):
 
 
 def test_the_audit_closed_in_a_child_is_the_one_closed_here(run, tmp_path: Path) -> None:
-    """The audit closes in a child forked before the rounds (``closes_apart``), sent the
-    drift and the final model at the end: its section is the one closing it here gives."""
+    """The audit closes in a child (``closes_apart``) forked before the rounds and sent the
+    drift and the final model at the end, or forked at the end: its section is the one
+    closing it here gives."""
     apart, _ = _trackers_with_final_model(run, tmp_path / "apart")
     assert apart._closer is not None
-    here, audit = _trackers_with_final_model(run, tmp_path / "here")
-    here.cancel_closer()
-    child, own = apart.close()["audit"], audit.close()
-    assert child.pop("audit_s") > 0 and own.pop("audit_s") > 0
+    late, _ = _trackers_with_final_model(run, tmp_path / "late", ahead=False)
+    assert late._closer is None
+    _, audit = _trackers_with_final_model(run, tmp_path / "here", ahead=False)
+    child, at_close, own = apart.close()["audit"], late.close()["audit"], audit.close()
+    assert child.pop("audit_s") > 0 and own.pop("audit_s") > 0 and at_close.pop("audit_s") > 0
+    assert json.dumps(at_close, sort_keys=True) == json.dumps(own, sort_keys=True)
     assert child["model"] == "global model of round 2"
     assert child["drift"]["update_distance"]["by_client_mean"] == {"0": 1.0, "2": 3.0}
     assert json.dumps(child, sort_keys=True) == json.dumps(own, sort_keys=True)

@@ -339,3 +339,15 @@ def test_evaluations_sharing_one_module_give_what_a_fresh_module_gives(
         fresh.load_state_dict(models[which].state_dict())
         expected = evaluate(fresh, fed.client(node - 1)[1])
         assert all(f == expected for f in figures), (which, node, figures, expected)
+
+
+def test_the_cores_the_rounds_leave_idle(monkeypatch) -> None:
+    """Where work forked beside the rounds (the audit's imports) costs the clients nothing:
+    in-process clients leave every core but one; a pool as large as the machine, none."""
+    monkeypatch.setattr(auto, "usable_cores", lambda: 4)
+    assert auto.Choice("inprocess", 1, "").spare_cores == 3
+    assert auto.Choice("pool", 2, "").spare_cores == 1
+    assert auto.Choice("pool", 4, "").spare_cores == 0
+    assert auto.Choice("ray", 0, "").spare_cores == 0
+    monkeypatch.setattr(auto, "usable_cores", lambda: 1)
+    assert auto.Choice("inprocess", 1, "").spare_cores == 0

@@ -77,6 +77,17 @@ class Choice:
         actors, which import everything afresh)."""
         return self.backend in ("pool", "inprocess")
 
+    @property
+    def spare_cores(self) -> int:
+        """Cores the rounds leave idle here: in-process clients use one; a pool's workers and
+        the driver feeding them all of them; Ray's actors as many as it places (none known
+        spare). Work forked beside the rounds (the audit's imports) pays only where one is."""
+        if self.backend == "inprocess":
+            return usable_cores() - 1
+        if self.backend == "pool":
+            return max(0, usable_cores() - self.workers - 1)
+        return 0
+
     def line(self) -> str:
         """The console line: ``engine pool (2 workers): <reason>``."""
         size = f" ({self.workers} workers)" if self.backend == "pool" else ""

@@ -150,11 +150,12 @@ class Trackers:
                 tracker.load_state_dict(state[tracker.name])
 
     def fork_closer(self) -> None:
-        """Fork the child that will close the trackers that close apart (``closes_apart``),
-        as the rounds start: it imports what their close needs on the core that the driver's
-        rounds leave free, and :meth:`close` runs theirs there while the driver closes the
-        rest and draws the pictures. Not where this platform does not fork, nor once Ray
-        runs in this process (a fork of its threads and sockets is not safe)."""
+        """Fork the child that will close the trackers that close apart (``closes_apart``):
+        forked as the rounds start where they leave a core idle, it imports what their close
+        needs meanwhile, at low priority; :meth:`close` forks it itself otherwise, and runs
+        theirs there while the driver closes the rest and draws the pictures. Not where this
+        platform does not fork, nor once Ray runs in this process (a fork of its threads and
+        sockets is not safe)."""
         from fedlab.background import Background, can_fork
 
         apart = [t for t in self.active if t.closes_apart]
@@ -175,6 +176,8 @@ class Trackers:
         gets its section.
         """
         final = {s.name: s.cls.inactive_summary(self._exp) for s in self.specs}
+        if self._closer is None:  # not forked ahead: now, to work while the rest closes
+            self.fork_closer()
         closer, self._closer = self._closer, None
         apart = [t for t in self.active if t.closes_apart] if closer is not None else []
         if closer is not None:
@@ -193,12 +196,6 @@ class Trackers:
                     log.warning("fedlab: warning: closing in a child failed (%s); here", err)
                     final.update({t.name: t.close() for t in apart})
         return final
-
-    def cancel_closer(self) -> None:
-        """End :meth:`fork_closer`'s child unused (the run stops before its close)."""
-        if self._closer is not None:
-            self._closer.cancel()
-            self._closer = None
 
     def published(self, status: str) -> None:
         """The record and its reports are final: tell every tracker."""
