@@ -133,7 +133,7 @@ def test_state_dict_of_reads_every_array_as_flower_does(monkeypatch) -> None:
     ``np.save`` wrote in C order from their bytes and handing any other to ``np.load``."""
     from flwr.app import Array, ArrayRecord
 
-    from fedlab.fl.model import state_dict_of
+    from fedlab.fl.model import ndarray_of, state_dict_of
 
     rng = np.random.default_rng(0)
     fast = {
@@ -157,3 +157,9 @@ def test_state_dict_of_reads_every_array_as_flower_does(monkeypatch) -> None:
         assert torch.equal(ours[key], tensor), key
     ours["w"] += 1  # writable, and not a view of the message's bytes
     assert torch.equal(state_dict_of(record)["w"], torch.from_numpy(fast["w"]))
+    # a reader that only looks gets the same values as a read-only view, not a copy
+    for key, array in record.items():
+        view = ndarray_of(array, writable=False)
+        assert view.dtype == array.numpy().dtype and np.array_equal(view, array.numpy()), key
+        if key in fast:
+            assert not view.flags.writeable and view.base is not None, key

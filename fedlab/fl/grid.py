@@ -29,6 +29,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedlab.fl.client_app import FAIL_KEY
+from fedlab.fl.model import ndarray_of
 from fedlab.fl.schedule import RoundPlan, Scheduler
 from fedlab.fl.training import seed_for
 
@@ -242,7 +243,7 @@ def _check_update(arrays: Any, shapes: dict[tuple[str, str], tuple[int, ...]]) -
                 f"malformed update: {key} has shape {tuple(array.shape)}, "
                 f"expected {shapes[name, key]}"
             )
-        if not np.isfinite(array.numpy()).all():
+        if not np.isfinite(ndarray_of(array, writable=False)).all():
             return f"malformed update: {key} contains NaN or inf"
     return None
 

@@ -136,10 +136,13 @@ def state_dict_of(record: ArrayRecord) -> dict[str, torch.Tensor]:
     dtype and shape (C order) is read from its bytes directly; any other goes through
     ``Array.numpy()``, so nothing is read differently from Flower.
     """
-    return {key: torch.from_numpy(_ndarray(array)) for key, array in record.items()}
+    return {key: torch.from_numpy(ndarray_of(array)) for key, array in record.items()}
 
 
-def _ndarray(array: Array) -> np.ndarray:
+def ndarray_of(array: Array, *, writable: bool = True) -> np.ndarray:
+    """``array.numpy()``, reading the bytes ``np.save`` wrote directly (:func:`state_dict_of`
+    says why); ``writable=False``: a read-only view of the message's bytes, no copy, for a
+    reader that only looks (the Grid's finiteness check, the audit's drift)."""
     data = array.data
     if array.stype == "numpy.ndarray" and data[:6] == b"\x93NUMPY" and data[6] in (1, 2, 3):
         size = 2 if data[6] == 1 else 4
@@ -147,6 +150,6 @@ def _ndarray(array: Array) -> np.ndarray:
         dtype, shape = np.dtype(array.dtype), tuple(array.shape)
         header = f"{{'descr': {dtype.str!r}, 'fortran_order': False, 'shape': {shape!r}, }}"
         if data[8 + size : start].decode("latin1").rstrip() == header:
-            # a copy: torch tensors over read-only bytes are not writable
-            return np.frombuffer(data, dtype=dtype, offset=start).reshape(shape).copy()
+            view = np.frombuffer(data, dtype=dtype, offset=start).reshape(shape)
+            return view.copy() if writable else view  # torch wants writable memory
     return array.numpy()

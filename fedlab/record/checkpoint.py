@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
 
+from fedlab.fl.model import ndarray_of
 from fedlab.record.run_dir import atomic_path
 
 FILE = "checkpoint.safetensors"
@@ -61,7 +62,7 @@ def strategy_state(strategy: Any) -> tuple[dict[str, torch.Tensor], dict[str, An
                 continue
             key = f"{prefix}.{name}"
             if isinstance(value, ArrayRecord):
-                value = {k: v.numpy() for k, v in value.items()}
+                value = {k: ndarray_of(v) for k, v in value.items()}
                 layout[key] = "arrayrecord"
             elif (
                 isinstance(value, dict)

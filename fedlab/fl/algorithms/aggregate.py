@@ -16,16 +16,18 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from fedlab.fl.model import ndarray_of
+
 
 def as_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in record.items()}
+    return {k: ndarray_of(v) for k, v in record.items()}
 
 
 def as_record(arrays: dict[str, np.ndarray], like: ArrayRecord | None = None) -> ArrayRecord:
     """An ArrayRecord of ``arrays``, each cast back to the dtype it has in ``like``."""
     return ArrayRecord(
         {
-            k: Array(np.asarray(v, dtype=like[k].numpy().dtype if like and k in like else None))
+            k: Array(np.asarray(v, dtype=np.dtype(like[k].dtype) if like and k in like else None))
             for k, v in arrays.items()
         }
     )

@@ -26,6 +26,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
+from flwr.app import Array
+
+from fedlab.fl.model import ndarray_of
 
 #: The ``ArrayRecord`` of a training reply that holds the model (fedlab's ClientApp's name).
 MODEL_RECORD = "arrays"
@@ -36,7 +39,7 @@ def flat_arrays(arrays: Any) -> dict[str, np.ndarray]:
     buffers count as numbers, so every entry of a state dict enters the distance."""
     out: dict[str, np.ndarray] = {}
     for key, value in arrays.items():
-        array = value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+        array = ndarray_of(value, writable=False) if isinstance(value, Array) else value
         out[key] = np.asarray(array, dtype=np.float64)
     return out
 
