@@ -20,9 +20,10 @@ at once, then waits for :meth:`Background.start` to send what its work takes. ``
 forks the data's child that way right after composing the config, before the driver imports
 torch and Flower (~2 s), so that scikit-learn's and ``datasets``' imports (~2.6 s) are done on
 the second core by the time the validated experiment sends its loader; and the trackers whose
-close is heavy (the audit of the final model: Fairlearn, Captum) are closed by a child forked
-when the rounds start, which imports what they need while the rounds run and is sent their
-final state at the end (:meth:`fedlab.trackers.registry.Trackers.close`).
+close is heavy (the audit of the final model: Fairlearn, Captum) are closed by a child that is
+sent their final state at the end, forked as the rounds start where they leave a core idle (so
+that it imports what they need meanwhile), else at the close
+(:meth:`fedlab.trackers.registry.Trackers.close`).
 """
 
 from __future__ import annotations

@@ -124,11 +124,12 @@ class Tracker:
     #: ``comparison_figures(comparison)`` (any of them), imported only when a report is made:
     #: so a run never imports plotting code, and a tracker need not repeat the delegation.
     report_module: ClassVar[str] = ""
-    #: Whether :meth:`close` may run in a child forked when the rounds start, on that child's
-    #: copy of this tracker as built, given this one's :meth:`closing_state` at the end: for a
-    #: close that costs seconds of imports and compute (the audit of the final model) and
-    #: reads nothing else that changed during the run. The child imports :meth:`imports`
-    #: while the rounds run (:meth:`fedlab.trackers.registry.Trackers.fork_closer`).
+    #: Whether :meth:`close` may run in a child, on that child's copy of this tracker (forked
+    #: as the rounds start where they leave a core idle, else at the close), given this one's
+    #: :meth:`closing_state` at the end: for a close that costs seconds of imports and compute
+    #: (the audit of the final model) and reads nothing else that changed during the run. A
+    #: child forked ahead imports :meth:`imports` while the rounds run
+    #: (:meth:`fedlab.trackers.registry.Trackers.fork_closer`).
     closes_apart: ClassVar[bool] = False
 
     @classmethod

@@ -149,13 +149,14 @@ class Trackers:
             if tracker.name in state:  # a tracker added since the checkpoint starts afresh
                 tracker.load_state_dict(state[tracker.name])
 
-    def fork_closer(self) -> None:
+    def fork_closer(self, ahead: bool = True) -> None:
         """Fork the child that will close the trackers that close apart (``closes_apart``):
-        forked as the rounds start where they leave a core idle, it imports what their close
-        needs meanwhile, at low priority; :meth:`close` forks it itself otherwise, and runs
-        theirs there while the driver closes the rest and draws the pictures. Not where this
-        platform does not fork, nor once Ray runs in this process (a fork of its threads and
-        sockets is not safe)."""
+        forked ``ahead``, as the rounds start where they leave a core idle, it imports what
+        their close needs meanwhile, at low priority (it must not take the rounds' core);
+        :meth:`close` forks it itself otherwise, at the driver's priority (the driver then
+        waits for it), and runs theirs there while the driver closes the rest and draws the
+        pictures. Not where this platform does not fork, nor once Ray runs in this process
+        (a fork of its threads and sockets is not safe)."""
         from fedlab.background import Background, can_fork
 
         apart = [t for t in self.active if t.closes_apart]
@@ -163,7 +164,7 @@ class Trackers:
             return
         imports = [m for t in apart for m in type(t).imports(self._exp)]
         self._closer = Background(
-            partial(_close_apart, apart), "closer", imports, awaits=True, nice=10
+            partial(_close_apart, apart), "closer", imports, awaits=True, nice=10 if ahead else 0
         )
 
     def close(self, meanwhile: Callable[[], None] | None = None) -> dict[str, Any]:
@@ -177,7 +178,7 @@ class Trackers:
         """
         final = {s.name: s.cls.inactive_summary(self._exp) for s in self.specs}
         if self._closer is None:  # not forked ahead: now, to work while the rest closes
-            self.fork_closer()
+            self.fork_closer(ahead=False)
         closer, self._closer = self._closer, None
         apart = [t for t in self.active if t.closes_apart] if closer is not None else []
         if closer is not None:

@@ -80,7 +80,8 @@ class AuditTracker(Tracker):
     client_columns: ClassVar[tuple[str, ...]] = ("update_distance",)
     report_module: ClassVar[str] = "fedlab.trackers.audit.report"
     #: The audit of the final model (Fairlearn, Captum: ~1 s of imports, 0.5-2 s of compute)
-    #: runs in a child forked as the rounds start, while the driver closes the rest.
+    #: runs in a child (forked as the rounds start where a core is idle, else at the close)
+    #: while the driver closes the rest and draws the pictures.
     closes_apart: ClassVar[bool] = True
 
     def __init__(
