@@ -52,7 +52,6 @@ def _child(
     work: Callable[..., Any],
     inbox: tuple[Connection, Connection] | None,
     imports: Sequence[str],
-    nice: int,
 ) -> None:
     """Import ``imports``, run ``work()`` (``work(x)`` with ``x`` read from ``inbox``, a pipe's
     two ends, where one is given) and send ``("ok", result)``, ``("config", key, message)`` for
@@ -64,8 +63,6 @@ def _child(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)  # the driver's handlers came with the fork
-    if nice:
-        os.nice(nice)
     for module in imports:  # ahead of the work; a module that fails fails there, and says so
         with contextlib.suppress(Exception):
             importlib.import_module(module)
@@ -89,13 +86,38 @@ def _child(
         conn.close()
 
 
+def _run_when_idle(pid: int) -> None:
+    """Put child ``pid`` (forked a moment ago: one thread, whose later threads inherit its
+    class) in Linux's ``SCHED_IDLE`` class, so that it runs only where a core would otherwise
+    idle; ``nice`` 19 where the class is unavailable. Set here, not in the child, so that
+    :func:`_run_as_usual` cannot come before it."""
+    try:
+        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, pid, 19)
+
+
+def _run_as_usual(pid: int) -> None:
+    """Move every thread of child ``pid`` back to the normal class, so that a busy machine
+    does not starve work the driver is waiting for. Leaving ``SCHED_IDLE`` needs root or an
+    ``RLIMIT_NICE`` that allows nice 0; without them the child keeps the idle class, which
+    still has the core the waiting driver leaves."""
+    with contextlib.suppress(FileNotFoundError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(AttributeError, OSError):
+                os.sched_setscheduler(int(tid), os.SCHED_OTHER, os.sched_param(0))
+
+
 class Background:
     """``work()`` running in a forked child from construction; :meth:`result` waits for it.
 
-    The child first imports ``imports``. ``nice`` (``os.nice``) is for work the driver does
-    not wait for until later (a picture, the close): with two such children and the driver's
-    rounds on two cores, a child at the driver's priority took a third of its core from it
-    (the rounds ran 1.6x longer); at 10 it yields. With ``awaits=True`` it then waits for
+    The child first imports ``imports``. ``idle=True`` is for work the driver does not wait
+    for until later (a picture, the close): the child runs only on cycles nothing else wants
+    (:func:`_run_when_idle`), until :meth:`result` has to wait for it. At the driver's
+    priority such a child took a third of the rounds' core (the rounds ran 1.6x longer); at
+    ``nice`` 10 it still took enough to slow the pool's first rounds by a third (two workers
+    and the driver on two cores). With ``awaits=True`` it then waits for
     :meth:`start` to send ``x`` and runs ``work(x)``: ``x`` is pickled, so it should be plain
     data, or a function of plain data (such as
     :meth:`fedlab.config.experiment.Experiment.loader`) that unpickles without what the
@@ -108,7 +130,7 @@ class Background:
         name: str,
         imports: Sequence[str] = (),
         awaits: bool = False,
-        nice: int = 0,
+        idle: bool = False,
     ) -> None:
         context = multiprocessing.get_context("fork")
         for stream in (sys.stdout, sys.stderr):  # nothing buffered is written twice
@@ -117,10 +139,12 @@ class Background:
         inbox, self._outbox = context.Pipe(duplex=False) if awaits else (None, None)
         ends = None if inbox is None else (inbox, self._outbox)
         self._process = context.Process(
-            target=_child, args=(theirs, work, ends, tuple(imports), nice),
+            target=_child, args=(theirs, work, ends, tuple(imports)),
             name=f"fedlab-{name}", daemon=True,
         )  # fmt: skip
         self._process.start()
+        if idle:
+            _run_when_idle(self._process.pid)
         theirs.close()
         if inbox is not None:
             inbox.close()
@@ -143,6 +167,8 @@ class Background:
 
     def result(self) -> Any:
         """The child's result, or its exception raised here; the child is gone afterwards."""
+        if not self._conn.poll():  # the driver waits for it now: no longer only idle cycles
+            _run_as_usual(self._process.pid)
         try:
             outcome = self._conn.recv()
         except EOFError:  # it died without a word (the OOM killer, a signal)

@@ -260,7 +260,7 @@ def _draw_partition(fed: Any, path: Path) -> Background | None:
     if not can_fork():
         plot_label_distribution(fed, path)
         return None
-    return Background(partial(plot_label_distribution, fed, path), "partition-picture", nice=10)
+    return Background(partial(plot_label_distribution, fed, path), "partition-picture", idle=True)
 
 
 def _draw_figures(run_dir: Path) -> None:

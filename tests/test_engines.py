@@ -351,3 +351,41 @@ def test_the_cores_the_rounds_leave_idle(monkeypatch) -> None:
     assert auto.Choice("ray", 0, "").spare_cores == 0
     monkeypatch.setattr(auto, "usable_cores", lambda: 1)
     assert auto.Choice("inprocess", 1, "").spare_cores == 0
+
+
+def test_the_grid_sends_the_longest_jobs_first_and_returns_replies_by_partition() -> None:
+    """Examples x epochs decide the send order (LPT: the pool's workers end the round
+    sooner); what the strategy gets back stays sorted by partition id."""
+    from fedlab.engines.inprocess import InProcessGrid
+    from fedlab.fl.grid import FedlabGrid
+    from fedlab.fl.schedule import Scheduler
+
+    served: list[int] = []
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context) -> Message:
+        served.append(int(context.node_config["partition-id"]))
+        return Message(RecordDict({"arrays": msg.content["arrays"]}), reply_to=msg)
+
+    sizes = {0: 10, 1: 50, 2: 30, 3: 5, 4: 20}
+    scheduler = Scheduler(
+        seed=0, num_clients=5, fraction_train=1.0, min_train_clients=1, fraction_evaluate=0.0,
+        local_epochs=2, straggler_fraction=0.0, straggler_policy="drop", failure_rate=0.0,
+    )  # fmt: skip
+    grid = FedlabGrid(
+        InProcessGrid(app, 5, node_ids=[50, 40, 30, 20, 10]), scheduler,
+        examples=lambda pid, phase: sizes[pid],
+    )  # fmt: skip
+    grid.connect(5, timeout_s=5)
+    nodes = grid.view(1, "train").get_node_ids()
+    messages = [
+        Message(RecordDict({
+            "arrays": ArrayRecord({"w": Array(np.zeros(2, dtype=np.float32))}),
+            "config": ConfigRecord({"server-round": 1}),
+        }), dst_node_id=node, message_type="train")
+        for node in nodes
+    ]  # fmt: skip
+    replies = grid.send_and_receive(messages)
+    assert served == [1, 2, 4, 0, 3]  # longest first (equal epochs: by examples)
+    assert [grid.partition_of[r.metadata.src_node_id] for r in replies] == [0, 1, 2, 3, 4]

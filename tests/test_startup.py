@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -106,8 +108,19 @@ def test_a_child_that_fails_or_dies_is_an_error_here() -> None:
     with pytest.raises(RuntimeError, match=r"^fedlab-test process died \(exit code 3\)"):
         Background(lambda: os._exit(3), "test").result()
     assert Background(lambda: sum(range(101)), "test").result() == 5050
-    # work off the critical path yields the cores to the driver (os.nice(0) reads the value)
-    assert Background(lambda: os.nice(0), "test", nice=10).result() == min(os.nice(0) + 10, 19)
+
+
+def test_idle_children_run_on_idle_cycles_until_the_driver_waits_for_them() -> None:
+    # work off the critical path (the picture, the closer) runs in SCHED_IDLE...
+    child = Background(lambda: os.sched_getscheduler(0), "test", idle=True)
+    while not child.ready():
+        time.sleep(0.01)
+    assert child.result() == os.SCHED_IDLE
+    # ...until result() waits for it: then it runs as usual, where this user may raise it
+    slow = Background(lambda: (time.sleep(0.5), os.sched_getscheduler(0))[1], "t", idle=True)
+    may_raise = os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20
+    assert slow.result() == (os.SCHED_OTHER if may_raise else os.SCHED_IDLE)
+    assert Background(lambda: os.sched_getscheduler(0), "test").result() == os.SCHED_OTHER
 
 
 def test_drift_figures_do_not_depend_on_the_order_replies_came_in() -> None:

@@ -13,13 +13,18 @@ rewriting strategies:
 * replies are checked (errors, missing replies, NaN or wrongly shaped updates become failures
   and are left out) and returned sorted by partition id, so floating-point aggregation is the
   same whatever order Ray finished the clients in;
-* every client's outcome is kept as a row for ``clients.csv``.
+* every client's outcome is kept as a row for ``clients.csv``;
+* messages go out longest job first (the examples a client's phase goes through, times its
+  epochs): an engine serving them in that order on several workers (the pool, Ray) ends the
+  round sooner. This is list scheduling's LPT rule, within 4/3 of the shortest possible
+  round where an arbitrary order can take up to twice as long (Graham, 1969); Flower sends
+  them in its sampling order.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from logging import getLogger
 from typing import Any
@@ -79,9 +84,15 @@ class FedlabGrid:
     """Wraps a Flower :class:`Grid` with fedlab's schedule, metering and reply checks."""
 
     def __init__(
-        self, grid: Grid, scheduler: Scheduler, reply_metrics: dict[str, str] | None = None
+        self,
+        grid: Grid,
+        scheduler: Scheduler,
+        reply_metrics: dict[str, str] | None = None,
+        examples: Callable[[int, str], int] | None = None,
     ) -> None:
         self._grid = grid
+        # (partition id, phase) -> the examples that phase goes through: the send order
+        self.examples = examples
         self.scheduler = scheduler
         # reply metric key -> clients.csv column, asked for by the trackers (DP-SGD's steps...)
         self.reply_metrics = dict(reply_metrics or {})
@@ -173,6 +184,8 @@ class FedlabGrid:
             outgoing.append(msg)
         if not outgoing:
             return []
+        if self.examples is not None:  # longest job first (the module's docstring says why)
+            outgoing.sort(key=lambda m: -self._work(m, plan))
 
         replies = list(self._grid.send_and_receive(outgoing, timeout=timeout))
         valid: list[tuple[int, Message]] = []
@@ -209,6 +222,13 @@ class FedlabGrid:
                 )
             )
         return [reply for _, reply in sorted(valid, key=lambda item: item[0])]
+
+
+    def _work(self, msg: Message, plan: RoundPlan) -> float:
+        """How much a message asks of its client: examples, times epochs for training."""
+        assert self.examples is not None
+        pid, phase = self.partition_of[msg.metadata.dst_node_id], msg.metadata.message_type
+        return self.examples(pid, phase) * (plan.epochs.get(pid, 1) if phase == "train" else 1)
 
 
 def _row(server_round: int, pid: int, phase: str, status: str, **extra: Any) -> dict[str, Any]:

@@ -8,6 +8,7 @@ them, so adding one never edits it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from logging import getLogger
 from typing import Any
 
@@ -151,6 +152,12 @@ def gathered_warnings(current: list[str], sections: dict[str, Any]) -> list[str]
     return list(dict.fromkeys([*current, *found]))
 
 
+def examples_of(fed: FederatedData) -> Callable[[int, str], int]:
+    """(partition id, phase) -> how many examples that client's train or evaluate phase goes
+    through, which the Grid sends the longest of first."""
+    return lambda pid, phase: len((fed.client_train if phase == "train" else fed.client_test)[pid])
+
+
 def process_started() -> float:
     """When this process started (seconds since the epoch), as the OS records it."""
     import psutil
@@ -221,7 +228,9 @@ def run_server(
     cfg = exp.cfg
     if hasattr(grid, "pull_interval"):  # Flower's in-memory Grid (simulation)
         grid.pull_interval = cfg.simulation.pull_interval_s
-    fedlab_grid = FedlabGrid(grid, exp.scheduler(fed), trackers.reply_metrics)
+    fedlab_grid = FedlabGrid(
+        grid, exp.scheduler(fed), trackers.reply_metrics, examples=examples_of(fed)
+    )
     fedlab_grid.connect(cfg.num_clients, cfg.simulation.connect_timeout_s)
     torch.manual_seed(seed_for(cfg.seed, 0))  # the initial global model
     model = build_model(cfg.model, fed.input_shape, fed.num_classes)

@@ -164,7 +164,7 @@ class Trackers:
             return
         imports = [m for t in apart for m in type(t).imports(self._exp)]
         self._closer = Background(
-            partial(_close_apart, apart), "closer", imports, awaits=True, nice=10 if ahead else 0
+            partial(_close_apart, apart), "closer", imports, awaits=True, idle=ahead
         )
 
     def close(self, meanwhile: Callable[[], None] | None = None) -> dict[str, Any]:
