@@ -42,7 +42,7 @@ from fedlab.trackers.privacy.dpsgd import private_training
 
 DELTA = 1e-5
 MNIST_N, MNIST_BATCH = 60000, 256
-MODES = ["hooks", "ew", "functorch", "ghost"]
+MODES = ["hooks", "ew", "functorch", "ghost", "compiled"]
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Optimal order is the:UserWarning",
@@ -302,7 +302,7 @@ def test_dp_sgd_counts_steps_and_leaves_module_clean(mode: str) -> None:
     assert dp.report().steps == 1
 
 
-@pytest.mark.parametrize("mode", ["hooks", "ew"])
+@pytest.mark.parametrize("mode", ["hooks", "ew", "compiled"])
 def test_empty_poisson_batches_still_take_a_noisy_step(mode: str) -> None:
     _, report = _train(mode, seed=5, epochs=1, batch_size=1)  # q = 1/64: ~37% empty
     assert report.empty_batches > 0
@@ -401,3 +401,25 @@ def test_proximal_term_is_added_after_noise() -> None:
     # w <- w - lr * mu * (w - w_global): the drift shrinks from 1 to 0.5.
     for p0, p in zip(start, model.parameters(), strict=True):
         np.testing.assert_allclose((p - p0).detach().numpy(), 0.5, atol=1e-6)
+
+
+def test_compiled_per_sample_gradients_of_a_padded_batch_match_a_loop() -> None:
+    """grad_sample_mode=compiled pads a batch of 13 to 16 rows: the real rows' gradients are
+    each sample's own (autograd, one at a time), the padded rows' are zero, the loss is the
+    real rows' mean."""
+    from fedlab.trackers.privacy.per_sample import BUCKET, per_sample_gradients
+
+    torch.manual_seed(3)
+    model = TinyMLP()
+    x, y = (t[:13] for t in _data().tensors)
+    criterion = nn.CrossEntropyLoss()
+    grads, mean_loss = per_sample_gradients(model, criterion, x, y)
+    names = [n for n, _ in model.named_parameters()]
+    assert BUCKET == 8 and all(grads[n].shape[0] == 16 for n in names)
+    for i in range(13):
+        loss = criterion(model(x[i : i + 1]), y[i : i + 1])
+        own = torch.autograd.grad(loss, list(model.parameters()))
+        for n, g in zip(names, own, strict=True):
+            torch.testing.assert_close(grads[n][i], g, atol=1e-6, rtol=1e-5)
+    assert all(float(grads[n][13:].abs().max()) == 0.0 for n in names)
+    assert mean_loss == pytest.approx(float(criterion(model(x), y)), rel=1e-5)

@@ -40,8 +40,9 @@ AUDITS: tuple[str, ...] = ("none", "canaries")
 #: "classic" (Mironov 2017: min over alpha of rdp + log(1/delta) / (alpha - 1)).
 CONVERSIONS: tuple[str, ...] = ("opacus", "classic")
 
-#: Per-sample gradient engines of Opacus 1.6 that work for plain (non-distributed) training.
-GRAD_SAMPLE_MODES: tuple[str, ...] = ("hooks", "ew", "functorch", "ghost")
+#: Per-sample gradient engines: Opacus 1.6's that work for plain (non-distributed) training,
+#: and fedlab's ``compiled`` (torch.func under torch.compile, fedlab.trackers.privacy.per_sample).
+GRAD_SAMPLE_MODES: tuple[str, ...] = ("hooks", "ew", "functorch", "ghost", "compiled")
 
 
 def validate_noise_multiplier(noise_multiplier: float) -> float:
@@ -88,7 +89,7 @@ def validate_target_epsilon(target_epsilon: float) -> float:
 
 
 def validate_grad_sample_mode(mode: str) -> str:
-    """Return ``mode``; raise ValueError if Opacus 1.6 has no such single-process engine."""
+    """Return ``mode``; raise ValueError unless it is one of :data:`GRAD_SAMPLE_MODES`."""
     if mode not in GRAD_SAMPLE_MODES:
         raise ValueError(
             f"grad_sample_mode must be one of {', '.join(GRAD_SAMPLE_MODES)}, got {mode!r}"

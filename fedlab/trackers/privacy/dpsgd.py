@@ -29,6 +29,7 @@ from fedlab.config.privacy_rules import (
     validate_noise_multiplier,
 )
 from fedlab.trackers.privacy.accounting import HistoryEntry
+from fedlab.trackers.privacy.per_sample import compiled_for, per_sample_gradients
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,13 @@ class PrivateTraining:
             self.noise_only_step()
             return None
         self.optimizer.zero_grad(set_to_none=True)
+        if self.grad_sample_mode == "compiled":
+            grads, mean_loss = per_sample_gradients(self.module, self.criterion, inputs, targets)
+            for name, p in self.module.named_parameters():
+                if p.requires_grad:
+                    p.grad_sample = grads[name]
+            self.optimizer.step()
+            return mean_loss
         loss = self.criterion(self.model(inputs), targets)
         with warnings.catch_warnings():
             # Opacus' per-sample hooks are full backward hooks; torch warns on every model
@@ -194,7 +202,10 @@ def make_private_training(
             by a Poisson-sampling loader with ``sample_rate = 1 / len(data_loader)``.
         noise_multiplier, max_grad_norm: DP-SGD noise (std = z * C on the clipped sum) and C.
         grad_sample_mode: "hooks" (default, works everywhere), "ew" (expanded weights),
-            "functorch", or "ghost" (ghost clipping; ``criterion`` becomes a two-pass loss).
+            "functorch", "ghost" (ghost clipping; ``criterion`` becomes a two-pass loss), or
+            "compiled" (fedlab's: per-sample gradients by torch.func under torch.compile,
+            :mod:`fedlab.trackers.privacy.per_sample`; Opacus' optimizer, loader and
+            accountant as for the others).
         criterion: loss with reduction "mean" (default ``nn.CrossEntropyLoss()``).
         seed: makes batch sampling and noise deterministic (secure_mode is off: this is a
             research simulator; the PRNG is not cryptographically secure). Two independent
@@ -214,6 +225,8 @@ def make_private_training(
     sample_generator, noise_generator = (None, None) if seed is None else _seeded_generators(seed)
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
 
+    if grad_sample_mode == "compiled":
+        compiled_for(model, criterion)  # its copy of the model taken before Opacus hooks it
     with warnings.catch_warnings():
         # "Secure RNG turned off": intended, see the docstring.
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
@@ -227,7 +240,9 @@ def make_private_training(
         max_grad_norm=max_grad_norm,
         poisson_sampling=True,
         noise_generator=noise_generator,
-        grad_sample_mode=grad_sample_mode,
+        # compiled: Opacus' optimizer reads the per-sample gradients fit_batch puts on the
+        # parameters; its functorch wrapper (any layer) is there for close(), never called
+        grad_sample_mode="functorch" if grad_sample_mode == "compiled" else grad_sample_mode,
     )
     if grad_sample_mode == "ghost":
         private_model, private_optimizer, private_criterion, private_loader = out
