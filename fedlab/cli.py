@@ -287,7 +287,9 @@ def _leave_interrupted(run_dir: Path, code: int) -> NoReturn:
 
     Flower's ServerApp thread is still waiting for replies from the engine that the signal
     stopped, and would keep the process alive for up to ``simulation.round_timeout_s``;
-    nothing is left to write, so Ray is shut down and the process leaves without joining it.
+    nothing is left to write, so the process leaves without joining it. Ray is not shut down
+    first: its client threads may still be inside Ray calls, and a shutdown under them can
+    crash the driver (fedlab.engines.ray); Ray's processes die with the driver.
     """
     print(
         f"{PROG}: error: interrupted; the record in {run_dir} says how far it got",
@@ -295,11 +297,7 @@ def _leave_interrupted(run_dir: Path, code: int) -> NoReturn:
         flush=True,
     )
     sys.stdout.flush()
-    try:
-        if "ray" in sys.modules:  # only a Ray run has Ray to stop; importing it costs seconds
-            sys.modules["ray"].shutdown()
-    finally:
-        os._exit(code)
+    os._exit(code)
 
 
 def condense(text: str) -> str:

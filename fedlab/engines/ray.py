@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 import warnings
 from queue import Queue
@@ -114,6 +115,18 @@ def _fedlab_ray_backend() -> type:
         def build(self, app_fn: Any) -> None:
             super().build(app_fn)
             self.app_fn = ray.put(app_fn)
+
+        def terminate(self) -> None:
+            # Flower terminates the backend in a `finally`; ended by Ctrl-C or a terminating
+            # signal (still propagating here), its client threads may still be inside Ray
+            # calls, and shutting Ray down under them crashed the driver (SIGSEGV, or "the
+            # core worker has already been shutdown", exit 1) in 3 to 4 of 12 SIGTERMs here,
+            # before the record said interrupted. Ray is left up: the run then leaves with
+            # os._exit (fedlab.cli), and Ray's processes die with the driver (Ray starts them
+            # fate-sharing: PR_SET_PDEATHSIG on Linux, else its reaper process).
+            if isinstance(sys.exc_info()[1], KeyboardInterrupt):
+                return
+            super().terminate()
 
     return FedlabRayBackend
 
