@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from fedlab.config.privacy_rules import GRAD_SAMPLE_MODES
 from fedlab.fl.model import CNN, MLP
 from fedlab.trackers.privacy.dpsgd import PrivateTraining, make_private_training, private_training
+from fedlab.trackers.privacy.per_sample import GRAPHS, pad_batch
 
 BATCH = 32
 LR = 0.05
@@ -202,19 +203,17 @@ class FuncDPSGD:
         if bucket:
             from torch._dynamo import config as dynamo_config
 
-            dynamo_config.cache_size_limit = 64  # one graph per bucket, never eager
+            dynamo_config.cache_size_limit = max(dynamo_config.cache_size_limit, GRAPHS)
         self.clipped_sum = (
             torch.compile(clipped_sum, dynamic=not bucket) if compiled else clipped_sum
         )
 
     def fit_batch(self, x: torch.Tensor, y: torch.Tensor, noise: bool = True) -> None:
         params = {n: p.detach() for n, p in self.model.named_parameters()}
-        weight = torch.ones(len(y))
         if self.bucket and len(y):
-            pad = -len(y) % self.bucket
-            x = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))])
-            y = torch.cat([y, y.new_zeros(pad)])
-            weight = torch.cat([weight, weight.new_zeros(pad)])
+            x, y, weight = pad_batch(x, y, self.bucket)  # fedlab's own padding
+        else:
+            weight = torch.ones(len(y))
         summed = self.clipped_sum(params, x, y, weight) if len(y) else [torch.zeros_like(p)
                                                                         for p in params.values()]
         expected = self.rate * len(self.y)

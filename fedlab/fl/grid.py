@@ -223,7 +223,6 @@ class FedlabGrid:
             )
         return [reply for _, reply in sorted(valid, key=lambda item: item[0])]
 
-
     def _work(self, msg: Message, plan: RoundPlan) -> float:
         """How much a message asks of its client: examples, times epochs for training."""
         assert self.examples is not None

@@ -38,7 +38,7 @@ _COMPILED: dict[tuple[str, ...], tuple[nn.Module, Callable[..., Any]]] = {}
 
 #: Graphs one compiled function may keep (one per padded size and train/eval mode): torch's
 #: default of 8 would send batches of a ninth size back to eager execution.
-_GRAPHS = 64
+GRAPHS = 64
 
 
 def per_sample_gradients(
@@ -51,12 +51,7 @@ def per_sample_gradients(
     current weights, for a batch padded to a multiple of :data:`BUCKET` (the padded rows
     zero), and the batch's mean loss."""
     n = len(targets)
-    pad = -n % BUCKET
-    weight = torch.ones(n + pad)
-    if pad:
-        inputs = torch.cat([inputs, inputs.new_zeros((pad, *inputs.shape[1:]))])
-        targets = torch.cat([targets, targets.new_zeros(pad)])
-        weight[n:] = 0.0
+    inputs, targets, weight = pad_batch(inputs, targets)
     params = {k: p.detach() for k, p in module.named_parameters() if p.requires_grad}
     frozen = {k: p.detach() for k, p in module.named_parameters() if not p.requires_grad}
     buffers = {k: b for k, b in module.named_buffers()}
@@ -64,6 +59,21 @@ def per_sample_gradients(
     template.train(module.training)  # dropout and the like, as the caller set them
     grads, loss_sum = compiled(params, {**frozen, **buffers}, inputs, targets, weight)
     return grads, float(loss_sum) / n
+
+
+def pad_batch(
+    inputs: torch.Tensor, targets: torch.Tensor, bucket: int = BUCKET
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The batch with zero rows appended up to a multiple of ``bucket``, and each row's weight
+    (1 for a real row, 0 for padding)."""
+    n = len(targets)
+    pad = -n % bucket
+    weight = torch.ones(n + pad)
+    if pad:
+        inputs = torch.cat([inputs, inputs.new_zeros((pad, *inputs.shape[1:]))])
+        targets = torch.cat([targets, targets.new_zeros(pad)])
+        weight[n:] = 0.0
+    return inputs, targets, weight
 
 
 def compiled_for(
@@ -81,7 +91,7 @@ def compiled_for(
         from torch._dynamo import config as dynamo_config
         from torch.func import functional_call, grad_and_value, vmap
 
-        dynamo_config.cache_size_limit = max(dynamo_config.cache_size_limit, _GRAPHS)
+        dynamo_config.cache_size_limit = max(dynamo_config.cache_size_limit, GRAPHS)
         template = copy.deepcopy(module)
 
         def loss(params: dict, rest: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
